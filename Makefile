@@ -1,0 +1,68 @@
+# stoker's entry points. `make demo` and `make test` work on a fresh machine: both go through the
+# idempotent `make setup` (system packages, .venv, an editable build of the extension).
+SHELL := /bin/bash
+PYTHON ?= python3
+PY := .venv/bin/python
+STAMPS := .stamps
+NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find csrc/core csrc/bindings -name '*.[ch]pp')
+ASAN_BUILD := build/asan
+CORPUS ?= $(abspath ../shared/corpus)
+
+.PHONY: setup build demo test native-test py-test lint format stubs bench clean
+
+setup: $(STAMPS)/built
+
+$(STAMPS)/system: tools/setup_system.sh
+	bash tools/setup_system.sh
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/venv: $(STAMPS)/system tools/setup_venv.sh requirements-dev.txt
+	bash tools/setup_venv.sh $(PYTHON)
+	@touch $@
+
+$(STAMPS)/built: $(STAMPS)/venv $(NATIVE_SOURCES)
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	@touch $@
+
+build: setup
+
+demo: setup
+	$(PY) -m stoker demo
+
+test: setup native-test py-test
+
+py-test: setup
+	STOKER_CORPUS=$(CORPUS) $(PY) -m pytest -q
+
+# The pure C++ core and its tests under AddressSanitizer and UBSan.
+native-test: $(STAMPS)/system
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSTOKER_BUILD_PYTHON=OFF \
+	  -DSTOKER_BUILD_TESTS=ON -DSTOKER_SANITIZE=ON -DCMAKE_MAKE_PROGRAM=$(abspath .venv/bin/ninja) \
+	  > /dev/null
+	cmake --build $(ASAN_BUILD) -j 2
+	STOKER_CORPUS=$(CORPUS) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(ASAN_BUILD)/stoker_core_tests --gtest_brief=1
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+	.venv/bin/clang-format --dry-run -Werror $$(find csrc -name '*.[ch]pp')
+	$(MAKE) --no-print-directory stubs
+	git diff --exit-code -- src/stoker/_native.pyi
+
+format: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+	.venv/bin/clang-format -i $$(find csrc -name '*.[ch]pp')
+
+stubs: setup
+	$(PY) -m nanobind.stubgen -q -m stoker._native -o src/stoker/_native.pyi
+	.venv/bin/ruff format -q src/stoker/_native.pyi
+
+bench: setup
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	$(PY) benchmarks/bench_preprocess.py
+
+clean:
+	rm -rf build $(STAMPS) .venv

@@ -1,0 +1,188 @@
+// JPEG through libjpeg(-turbo). libjpeg reports fatal errors through a callback that must not
+// return, so errors longjmp back into the function that called setjmp; those functions keep only
+// trivially destructible locals, and the state a longjmp must see lives in JpegSession.
+#include <csetjmp>
+#include <cstdio>
+#include <cstring>
+#include <new>
+
+// clang-format off
+#include <jpeglib.h>
+#include <jerror.h>
+// clang-format on
+
+#include "core/codecs.hpp"
+
+namespace stoker::detail {
+namespace {
+
+struct ErrorManager {
+  jpeg_error_mgr pub;
+  jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+  int code;
+};
+
+void on_error_exit(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
+  err->code = cinfo->err->msg_code;
+  (*cinfo->err->format_message)(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+// libjpeg recovers from most corrupt data with a warning; running out of data is the exception we
+// refuse, because the recovered image is mostly gray filler.
+void on_emit_message(j_common_ptr cinfo, int level) {
+  if (level >= 0) return;
+  if (cinfo->err->msg_code == JWRN_JPEG_EOF) on_error_exit(cinfo);
+  cinfo->err->num_warnings++;
+}
+
+void on_output_message(j_common_ptr) {}
+
+struct JpegSession {
+  jpeg_decompress_struct cinfo;
+  ErrorManager err;
+  bool created = false;
+  bool alloc_failed = false;
+
+  JpegSession() {
+    std::memset(&cinfo, 0, sizeof(cinfo));
+    std::memset(&err, 0, sizeof(err));
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = on_error_exit;
+    err.pub.emit_message = on_emit_message;
+    err.pub.output_message = on_output_message;
+  }
+  ~JpegSession() {
+    if (created) jpeg_destroy_decompress(&cinfo);
+  }
+  [[noreturn]] void fail() const {
+    if (alloc_failed) throw ImageError(Status::kInternal, "out of memory decoding JPEG");
+    const Status status = err.code == JERR_BAD_PRECISION || err.code == JERR_NOT_COMPILED ||
+                                  err.code == JERR_ARITH_NOTIMPL
+                              ? Status::kUnsupported
+                              : Status::kCorrupt;
+    throw ImageError(status, std::string("JPEG: ") + err.message);
+  }
+};
+
+// Adobe CMYK as Photoshop writes it (inverted), to RGB with Pillow's rounding.
+void cmyk_to_rgbx(uint8_t* row, int width) {
+  for (int x = 0; x < width; ++x) {
+    uint8_t* p = row + 4 * x;
+    const int k = p[3];
+    for (int c = 0; c < 3; ++c) {
+      const int t = (255 - p[c]) * k + 128;
+      const int v = k - (((t >> 8) + t) >> 8);
+      p[c] = uint8_t(v < 0 ? 0 : v);
+    }
+  }
+}
+
+bool read_header(JpegSession& s, const uint8_t* data, size_t size, bool save_exif) {
+  if (setjmp(s.err.jump)) return false;
+  jpeg_create_decompress(&s.cinfo);
+  s.created = true;
+  jpeg_mem_src(&s.cinfo, data, static_cast<unsigned long>(size));
+  if (save_exif) jpeg_save_markers(&s.cinfo, JPEG_APP0 + 1, 0xFFFF);
+  jpeg_read_header(&s.cinfo, TRUE);
+  return true;
+}
+
+struct DecodeState {
+  Buffer* buffer;
+  uint8_t* pixels;
+  JDIMENSION x, width;
+  int y, height;
+  size_t stride;
+  bool cmyk;
+};
+
+bool decode_rows(JpegSession& s, int scale_num, const Rect& region, DecodeState& st) {
+  if (setjmp(s.err.jump)) return false;
+  jpeg_decompress_struct& c = s.cinfo;
+  st.cmyk = c.jpeg_color_space == JCS_CMYK || c.jpeg_color_space == JCS_YCCK;
+  c.out_color_space = st.cmyk ? JCS_CMYK : JCS_EXT_RGBX;
+  c.scale_num = unsigned(scale_num);
+  c.scale_denom = 8;
+  jpeg_start_decompress(&c);
+  const int out_w = int(c.output_width), out_h = int(c.output_height);
+  int x0 = region.x < 0 ? 0 : region.x, y0 = region.y < 0 ? 0 : region.y;
+  int x1 = region.x + region.w > out_w ? out_w : region.x + region.w;
+  int y1 = region.y + region.h > out_h ? out_h : region.y + region.h;
+  if (x1 <= x0 || y1 <= y0) {
+    x0 = y0 = 0;
+    x1 = out_w;
+    y1 = out_h;
+  }
+  st.x = JDIMENSION(x0);
+  st.width = JDIMENSION(x1 - x0);
+  if (st.x != 0 || st.width != c.output_width) jpeg_crop_scanline(&c, &st.x, &st.width);
+  st.y = y0;
+  st.height = y1 - y0;
+  st.stride = size_t(st.width) * 4;
+  try {
+    st.pixels = st.buffer->reserve(st.stride * size_t(st.height) + kBufferSlack);
+  } catch (const std::bad_alloc&) {
+    s.alloc_failed = true;
+    return false;
+  }
+  if (y0 > 0) jpeg_skip_scanlines(&c, JDIMENSION(y0));
+  while (int(c.output_scanline) < y1) {
+    JSAMPROW rows[8];
+    const int first = int(c.output_scanline) - y0;
+    int n = y1 - int(c.output_scanline);
+    if (n > 8) n = 8;
+    for (int i = 0; i < n; ++i) rows[i] = st.pixels + size_t(first + i) * st.stride;
+    jpeg_read_scanlines(&c, rows, JDIMENSION(n));
+  }
+  // Skipping (rather than aborting) the rows below the region still reads their entropy-coded data,
+  // so a truncated file fails the same way whatever part of it is kept.
+  if (c.output_scanline < c.output_height) {
+    jpeg_skip_scanlines(&c, c.output_height - c.output_scanline);
+  }
+  jpeg_finish_decompress(&c);
+  return true;
+}
+
+}  // namespace
+
+ImageInfo jpeg_info(const uint8_t* data, size_t size) {
+  JpegSession s;
+  if (!read_header(s, data, size, true)) s.fail();
+  ImageInfo info;
+  info.format = ImageFormat::kJpeg;
+  info.width = int(s.cinfo.image_width);
+  info.height = int(s.cinfo.image_height);
+  for (jpeg_saved_marker_ptr m = s.cinfo.marker_list; m != nullptr; m = m->next) {
+    if (m->marker == JPEG_APP0 + 1 && m->data_length >= 6 &&
+        std::memcmp(m->data, "Exif\0\0", 6) == 0) {
+      info.orientation = parse_exif_orientation(m->data + 6, m->data_length - 6);
+      break;
+    }
+  }
+  return info;
+}
+
+PixelView jpeg_decode(const uint8_t* data, size_t size, int scale_num, const Rect& region,
+                      Buffer& buffer) {
+  JpegSession s;
+  if (!read_header(s, data, size, false)) s.fail();
+  DecodeState st{};
+  st.buffer = &buffer;
+  if (!decode_rows(s, scale_num, region, st)) s.fail();
+  if (st.cmyk) {
+    for (int y = 0; y < st.height; ++y) cmyk_to_rgbx(st.pixels + size_t(y) * st.stride, int(st.width));
+  }
+  PixelView view;
+  view.data = st.pixels;
+  view.width = int(st.width);
+  view.height = st.height;
+  view.stride = st.stride;
+  view.origin_x = int(st.x);
+  view.origin_y = st.y;
+  return view;
+}
+
+}  // namespace stoker::detail
