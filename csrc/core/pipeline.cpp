@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <new>
+#include <utility>
 
 #include "core/half.hpp"
 #include "core/resize.hpp"
@@ -32,6 +34,22 @@ Rect stored_rect(int orientation, int width, int height, const Rect& r) {
   oriented_to_stored(orientation, width, height, r.x, r.y, ax, ay);
   oriented_to_stored(orientation, width, height, r.x + r.w - 1, r.y + r.h - 1, bx, by);
   return Rect{std::min(ax, bx), std::min(ay, by), std::abs(bx - ax) + 1, std::abs(by - ay) + 1};
+}
+
+// Images of one batch usually share their size, so each worker keeps the weights of its recent
+// (input, output, crop) geometries.
+std::shared_ptr<const AxisWeights> cached_weights(int in, int out, int begin, int end,
+                                                  Interp interp, bool antialias) {
+  using Key = std::array<int, 6>;
+  thread_local std::vector<std::pair<Key, std::shared_ptr<const AxisWeights>>> cache;
+  const Key key{in, out, begin, end, int(interp), int(antialias)};
+  for (const auto& [k, w] : cache) {
+    if (k == key) return w;
+  }
+  auto w = std::make_shared<const AxisWeights>(axis_weights(in, out, begin, end, interp, antialias));
+  if (cache.size() >= 32) cache.erase(cache.begin());
+  cache.emplace_back(key, w);
+  return w;
 }
 
 }  // namespace
@@ -132,8 +150,10 @@ void Preprocessor::process(const uint8_t* data, size_t size, void* out, Scratch&
   const int sw = scaled_size(ow, scale), sh = scaled_size(oh, scale);
   const int bx = std::clamp(off_x, 0, rw), ex = std::clamp(off_x + out_w, 0, rw);
   const int by = std::clamp(off_y, 0, rh), ey = std::clamp(off_y + out_h, 0, rh);
-  const AxisWeights wx = axis_weights(sw, rw, bx, ex, spec_.interp, spec_.antialias);
-  const AxisWeights wy = axis_weights(sh, rh, by, ey, spec_.interp, spec_.antialias);
+  const auto wx_ptr = cached_weights(sw, rw, bx, ex, spec_.interp, spec_.antialias);
+  const auto wy_ptr = cached_weights(sh, rh, by, ey, spec_.interp, spec_.antialias);
+  const AxisWeights& wx = *wx_ptr;
+  const AxisWeights& wy = *wy_ptr;
 
   // Decode only the oriented rectangle the kept outputs read.
   const Rect need{wx.in_lo, wy.in_lo, wx.in_hi - wx.in_lo, wy.in_hi - wy.in_lo};

@@ -58,7 +58,9 @@ def _torch() -> Any:
 
 @functools.cache
 def _cuda_runtime_path() -> str | None:
-    """Path of the CUDA runtime library torch loaded, if any."""
+    """Path of the CUDA runtime library torch loaded, when torch sees a GPU."""
+    if not _torch().cuda.is_available():
+        return None
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
@@ -74,8 +76,7 @@ def _pinned(pin_memory: bool | None, out: Any) -> bool:
     if out is not None or pin_memory is False:
         return False
     if not _native.pinning_enabled():
-        available = _torch().cuda.is_available()
-        path = _cuda_runtime_path() if available else None
+        path = _cuda_runtime_path()
         if path is None:
             if pin_memory:
                 raise RuntimeError("pin_memory=True needs a CUDA build of torch with a GPU")
