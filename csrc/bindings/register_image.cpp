@@ -3,9 +3,9 @@
 // over pooled arena memory.
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/array.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
-#include <nanobind/stl/pair.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
@@ -154,30 +154,35 @@ ErrorList error_list(const BatchResult& r) {
   return errors;
 }
 
-std::shared_ptr<Preprocessor> make_preprocessor(
-    const std::string& resize_mode, int resize_h, int resize_w, bool crop, int crop_h, int crop_w,
-    const std::string& interpolation, bool antialias, bool normalize, std::array<float, 3> mean,
-    std::array<float, 3> std, const std::string& layout, const std::string& dtype,
-    double reduce_gap, int64_t max_pixels) {
+std::shared_ptr<Preprocessor> make_preprocessor(const std::string& resize_mode, int resize_h,
+                                                int resize_w, bool crop, int crop_h, int crop_w,
+                                                const std::string& interpolation, bool antialias,
+                                                bool normalize, std::array<float, 3> mean,
+                                                std::array<float, 3> std, const std::string& layout,
+                                                const std::string& dtype, double reduce_gap,
+                                                int64_t max_pixels) {
   Spec s;
-  s.resize_mode = parse_enum<ResizeMode>(
-      resize_mode,
-      {{"none", ResizeMode::kNone}, {"shorter", ResizeMode::kShorterSide}, {"exact", ResizeMode::kExact}},
-      "resize_mode");
+  s.resize_mode = parse_enum<ResizeMode>(resize_mode,
+                                         {{"none", ResizeMode::kNone},
+                                          {"shorter", ResizeMode::kShorterSide},
+                                          {"exact", ResizeMode::kExact}},
+                                         "resize_mode");
   s.resize_h = resize_h;
   s.resize_w = resize_w;
   s.crop = crop;
   s.crop_h = crop_h;
   s.crop_w = crop_w;
-  s.interp = parse_enum<Interp>(
-      interpolation,
-      {{"nearest", Interp::kNearest}, {"bilinear", Interp::kBilinear}, {"bicubic", Interp::kBicubic}},
-      "interpolation");
+  s.interp = parse_enum<Interp>(interpolation,
+                                {{"nearest", Interp::kNearest},
+                                 {"bilinear", Interp::kBilinear},
+                                 {"bicubic", Interp::kBicubic}},
+                                "interpolation");
   s.antialias = antialias;
   s.normalize = normalize;
   s.mean = mean;
   s.std = std;
-  s.layout = parse_enum<Layout>(layout, {{"NCHW", Layout::kNCHW}, {"NHWC", Layout::kNHWC}}, "layout");
+  s.layout =
+      parse_enum<Layout>(layout, {{"NCHW", Layout::kNCHW}, {"NHWC", Layout::kNHWC}}, "layout");
   s.dtype = parse_enum<DType>(dtype,
                               {{"uint8", DType::kUInt8},
                                {"float32", DType::kFloat32},
@@ -227,7 +232,8 @@ void register_image(nb::module_& m) {
       },
       nb::arg("pre"), nb::arg("items"), nb::arg("out").none(), nb::arg("pinned"),
       nb::arg("numpy") = false,
-      "Preprocess a batch; returns (output or None when `out` was given, [(index, kind, message)]).");
+      "Preprocess a batch; returns (output or None when `out` was given, [(index, kind, "
+      "message)]).");
 
   m.def(
       "submit_batch",
@@ -269,13 +275,14 @@ void register_image(nb::module_& m) {
         auto* rgb = new std::vector<uint8_t>();
         try {
           nb::gil_scoped_release release;
-          *rgb = decode_rgb(static_cast<const uint8_t*>(data.data()), data.size(), max_pixels,
-                            &info);
+          *rgb =
+              decode_rgb(static_cast<const uint8_t*>(data.data()), data.size(), max_pixels, &info);
         } catch (...) {
           delete rgb;
           throw;
         }
-        nb::capsule owner(rgb, [](void* p) noexcept { delete static_cast<std::vector<uint8_t>*>(p); });
+        nb::capsule owner(rgb,
+                          [](void* p) noexcept { delete static_cast<std::vector<uint8_t>*>(p); });
         const size_t shape[3] = {size_t(info.oriented_height()), size_t(info.oriented_width()), 3};
         return nb::ndarray<nb::numpy, uint8_t>(rgb->data(), 3, shape, owner);
       },

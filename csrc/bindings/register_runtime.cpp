@@ -54,8 +54,7 @@ void register_runtime(nb::module_& m) {
       },
       nb::arg("n"), nb::call_guard<nb::gil_scoped_release>(),
       "Resize the native worker pool (waits for running batches).");
-  m.def(
-      "get_num_threads", [] { return pool()->size(); }, "Size of the native worker pool.");
+  m.def("get_num_threads", [] { return pool()->size(); }, "Size of the native worker pool.");
   m.def(
       "wait_idle", [] { pool()->wait_idle(); }, nb::call_guard<nb::gil_scoped_release>(),
       "Block until no batch is running.");
@@ -81,8 +80,7 @@ void register_runtime(nb::module_& m) {
         return d;
       },
       "Counters of the pooled output arena.");
-  m.def(
-      "arena_trim", [] { arena().trim(); }, "Free every cached output buffer.");
+  m.def("arena_trim", [] { arena().trim(); }, "Free every cached output buffer.");
 }
 
 }  // namespace stoker::bindings

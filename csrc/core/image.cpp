@@ -1,8 +1,9 @@
+#include "core/image.hpp"
+
 #include <cstring>
 #include <string>
 
 #include "core/codecs.hpp"
-#include "core/image.hpp"
 
 namespace stoker {
 
@@ -88,7 +89,8 @@ std::vector<uint8_t> decode_rgb(const uint8_t* data, size_t size, int64_t max_pi
                                 ImageInfo* info_out) {
   const ImageInfo info = read_info(data, size, max_pixels);
   Buffer buffer;
-  const PixelView v = decode_region(data, size, info, 8, Rect{0, 0, info.width, info.height}, buffer);
+  const PixelView v =
+      decode_region(data, size, info, 8, Rect{0, 0, info.width, info.height}, buffer);
   const int ow = info.oriented_width(), oh = info.oriented_height();
   std::vector<uint8_t> rgb(size_t(ow) * size_t(oh) * 3);
   for (int y = 0; y < oh; ++y) {

@@ -34,14 +34,38 @@ struct ImageInfo {
 inline void oriented_to_stored(int orientation, int width, int height, int x, int y, int& sx,
                                int& sy) {
   switch (orientation) {
-    case 2: sx = width - 1 - x; sy = y; return;
-    case 3: sx = width - 1 - x; sy = height - 1 - y; return;
-    case 4: sx = x; sy = height - 1 - y; return;
-    case 5: sx = y; sy = x; return;
-    case 6: sx = y; sy = height - 1 - x; return;
-    case 7: sx = width - 1 - y; sy = height - 1 - x; return;
-    case 8: sx = width - 1 - y; sy = x; return;
-    default: sx = x; sy = y; return;
+    case 2:
+      sx = width - 1 - x;
+      sy = y;
+      return;
+    case 3:
+      sx = width - 1 - x;
+      sy = height - 1 - y;
+      return;
+    case 4:
+      sx = x;
+      sy = height - 1 - y;
+      return;
+    case 5:
+      sx = y;
+      sy = x;
+      return;
+    case 6:
+      sx = y;
+      sy = height - 1 - x;
+      return;
+    case 7:
+      sx = width - 1 - y;
+      sy = height - 1 - x;
+      return;
+    case 8:
+      sx = width - 1 - y;
+      sy = x;
+      return;
+    default:
+      sx = x;
+      sy = y;
+      return;
   }
 }
 

@@ -173,7 +173,8 @@ PixelView jpeg_decode(const uint8_t* data, size_t size, int scale_num, const Rec
   st.buffer = &buffer;
   if (!decode_rows(s, scale_num, region, st)) s.fail();
   if (st.cmyk) {
-    for (int y = 0; y < st.height; ++y) cmyk_to_rgbx(st.pixels + size_t(y) * st.stride, int(st.width));
+    for (int y = 0; y < st.height; ++y)
+      cmyk_to_rgbx(st.pixels + size_t(y) * st.stride, int(st.width));
   }
   PixelView view;
   view.data = st.pixels;

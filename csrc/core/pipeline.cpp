@@ -46,7 +46,8 @@ std::shared_ptr<const AxisWeights> cached_weights(int in, int out, int begin, in
   for (const auto& [k, w] : cache) {
     if (k == key) return w;
   }
-  auto w = std::make_shared<const AxisWeights>(axis_weights(in, out, begin, end, interp, antialias));
+  auto w =
+      std::make_shared<const AxisWeights>(axis_weights(in, out, begin, end, interp, antialias));
   if (cache.size() >= 32) cache.erase(cache.begin());
   cache.emplace_back(key, w);
   return w;
@@ -158,19 +159,19 @@ void Preprocessor::process(const uint8_t* data, size_t size, void* out, Scratch&
   // Decode only the oriented rectangle the kept outputs read.
   const Rect need{wx.in_lo, wy.in_lo, wx.in_hi - wx.in_lo, wy.in_hi - wy.in_lo};
   const int stored_w = scaled_size(info.width, scale), stored_h = scaled_size(info.height, scale);
-  PixelView view = decode_region(data, size, info, scale,
-                                 stored_rect(info.orientation, stored_w, stored_h, need),
-                                 scratch.decoded);
+  PixelView view =
+      decode_region(data, size, info, scale,
+                    stored_rect(info.orientation, stored_w, stored_h, need), scratch.decoded);
   if (info.orientation != 1) {
     uint8_t* dst = scratch.oriented.reserve(size_t(need.w) * size_t(need.h) * 4 + 64);
     for (int y = 0; y < need.h; ++y) {
       for (int x = 0; x < need.w; ++x) {
         int sx, sy;
         oriented_to_stored(info.orientation, stored_w, stored_h, need.x + x, need.y + y, sx, sy);
-        std::memcpy(dst + (size_t(y) * size_t(need.w) + size_t(x)) * 4,
-                    view.data + size_t(sy - view.origin_y) * view.stride +
-                        size_t(sx - view.origin_x) * 4,
-                    4);
+        std::memcpy(
+            dst + (size_t(y) * size_t(need.w) + size_t(x)) * 4,
+            view.data + size_t(sy - view.origin_y) * view.stride + size_t(sx - view.origin_x) * 4,
+            4);
       }
     }
     view = PixelView{dst, need.w, need.h, size_t(need.w) * 4, need.x, need.y};
@@ -199,7 +200,8 @@ void Preprocessor::process(const uint8_t* data, size_t size, void* out, Scratch&
       if (wy.taps == 1) {
         std::memcpy(kept, rows + size_t(first - need.y) * row_bytes, row_bytes);
       } else {
-        for (int t = 0; t < wy.taps; ++t) taps[size_t(t)] = rows + size_t(first + t - need.y) * row_bytes;
+        for (int t = 0; t < wy.taps; ++t)
+          taps[size_t(t)] = rows + size_t(first + t - need.y) * row_bytes;
         resample_column_row(taps.data(), wy.weights.data() + i * size_t(wy.taps), wy.taps,
                             wy.precision, int(row_bytes), kept, scratch.acc.data());
       }

@@ -35,8 +35,7 @@ class Preprocessor {
   const Spec& spec() const { return spec_; }
   // Writes item `out` (spec().item_bytes() bytes); never throws: failures land in `result` and
   // the item's slot is filled with the value a zero pixel normalizes to.
-  void run(const uint8_t* data, size_t size, void* out, Scratch& scratch,
-           ItemResult& result) const;
+  void run(const uint8_t* data, size_t size, void* out, Scratch& scratch, ItemResult& result) const;
 
  private:
   void process(const uint8_t* data, size_t size, void* out, Scratch& scratch,

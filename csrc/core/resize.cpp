@@ -193,7 +193,8 @@ void rows_avx2(const uint8_t* src, size_t src_stride, int x_origin, int row_coun
         const uint16_t lo = uint16_t(t < w.taps ? k[t] : 0);
         const uint16_t hi = uint16_t(t + 1 < w.taps ? k[t + 1] : 0);
         const int32_t pair = int32_t(uint32_t(lo) | uint32_t(hi) << 16);
-        for (int c = 0; c < 4; ++c) packed[(size_t(i) * size_t(groups) + size_t(g)) * 8 + size_t(half * 4 + c)] = pair;
+        for (int c = 0; c < 4; ++c)
+          packed[(size_t(i) * size_t(groups) + size_t(g)) * 8 + size_t(half * 4 + c)] = pair;
       }
     }
   }

@@ -57,7 +57,8 @@ void Spec::validate() const {
   }
   if (normalize) {
     if (dtype == DType::kUInt8) {
-      throw std::invalid_argument("uint8 output cannot be normalized: drop mean/std or use a float dtype");
+      throw std::invalid_argument(
+          "uint8 output cannot be normalized: drop mean/std or use a float dtype");
     }
     for (int c = 0; c < 3; ++c) {
       if (!std::isfinite(mean[c]) || !std::isfinite(std[c]) || std[c] == 0.f) {

@@ -80,12 +80,13 @@ PixelView webp_decode(const uint8_t* data, size_t size, Buffer& buffer) {
     throw ImageError(Status::kCorrupt, "WebP: animation without frames");
   }
   const int fx = it.x_offset, fy = it.y_offset, fw = it.width, fh = it.height;
-  const bool fits = fx >= 0 && fy >= 0 && fw > 0 && fh > 0 && fx + fw <= f.width &&
-                    fy + fh <= f.height;
+  const bool fits =
+      fx >= 0 && fy >= 0 && fw > 0 && fh > 0 && fx + fw <= f.width && fy + fh <= f.height;
   uint8_t* at = pixels + size_t(fy) * view.stride + size_t(fx) * 4;
   std::memset(pixels, 0, bytes);
-  const bool ok = fits && WebPDecodeRGBAInto(it.fragment.bytes, it.fragment.size, at,
-                                             bytes - (size_t(at - pixels)), int(view.stride)) != nullptr;
+  const bool ok =
+      fits && WebPDecodeRGBAInto(it.fragment.bytes, it.fragment.size, at,
+                                 bytes - (size_t(at - pixels)), int(view.stride)) != nullptr;
   WebPDemuxReleaseIterator(&it);
   if (!ok) throw ImageError(Status::kCorrupt, "WebP: corrupt first animation frame");
   return view;

@@ -117,7 +117,7 @@ def preprocess_batch_numpy(
     if spec.dtype == "bfloat16":
         raise ValueError("numpy has no bfloat16; use preprocess_batch or another dtype")
     array, errors = _native.run_batch(spec._native, _items(images), out, False, numpy=True)
-    result = out if out is not None else array
+    result: np.ndarray = out if out is not None else np.asarray(array)
     failure = _failures(errors, result)
     if failure is not None:
         raise failure
@@ -135,14 +135,14 @@ def preprocess_batch_async(
 
     From asyncio: ``await asyncio.wrap_future(fut)``. Keep the inputs unmodified until it is done.
     """
-    torch = _torch()
+    torch_ = _torch()
     pinned = _pinned(pin_memory, out)
     future: Future[torch.Tensor] = Future()
     future.set_running_or_notify_cancel()
 
     def complete(array: Any, errors: list[tuple[int, str, str]]) -> None:
         try:
-            result = out if out is not None else torch.from_dlpack(array)
+            result = out if out is not None else torch_.from_dlpack(array)
             failure = _failures(errors, result)
         except BaseException as e:
             future.set_exception(e)
@@ -156,7 +156,9 @@ def preprocess_batch_async(
     return future
 
 
-def decode(data: bytes | bytearray | memoryview, *, max_pixels: int = _DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode(
+    data: bytes | bytearray | memoryview, *, max_pixels: int = _DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Decode one image to (H, W, 3) uint8 RGB, EXIF orientation applied, no resize."""
     try:
         return np.asarray(_native.decode(bytes(data), max_pixels))
