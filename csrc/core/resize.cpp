@@ -266,14 +266,50 @@ void resample_rows(const uint8_t* src, size_t src_stride, int x_origin, int row_
 void resample_column_row(const uint8_t* const* rows, const int16_t* weights, int taps,
                          int precision, int count, uint8_t* dst, int32_t* acc) {
   const int32_t bias = precision > 0 ? 1 << (precision - 1) : 0;
-  for (int x = 0; x < count; ++x) acc[x] = bias;
+  int start = 0;
+#if defined(__AVX2__)
+  // 16 values per block, two rows per _mm256_madd_epi16: the rows' bytes are interleaved so each
+  // int16 pair (row t, row t+1) meets its weight pair. The accumulators stay in registers.
+  const __m128i shift = _mm_cvtsi32_si128(precision);
+  for (; start + 16 <= count; start += 16) {
+    __m256i lo = _mm256_set1_epi32(bias), hi = lo;
+    int t = 0;
+    for (; t + 1 < taps; t += 2) {
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[t] + start));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[t + 1] + start));
+      const __m256i k = _mm256_set1_epi32(
+          int32_t(uint32_t(uint16_t(weights[t])) | uint32_t(uint16_t(weights[t + 1])) << 16));
+      lo =
+          _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)), k));
+      hi =
+          _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(a, b)), k));
+    }
+    if (t < taps) {
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[t] + start));
+      const __m256i k = _mm256_set1_epi32(int32_t(uint16_t(weights[t])));
+      const __m128i z = _mm_setzero_si128();
+      lo =
+          _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, z)), k));
+      hi =
+          _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(a, z)), k));
+    }
+    lo = _mm256_sra_epi32(lo, shift);
+    hi = _mm256_sra_epi32(hi, shift);
+    // Lanes hold values [0..3 | 4..7] and [8..11 | 12..15]; pack within lanes, then reorder.
+    const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
+    const __m128i bytes =
+        _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + start), bytes);
+  }
+#endif
+  for (int x = start; x < count; ++x) acc[x] = bias;
   for (int t = 0; t < taps; ++t) {
     const uint8_t* r = rows[t];
     const int32_t k = weights[t];
     if (k == 0) continue;
-    for (int x = 0; x < count; ++x) acc[x] += int32_t(r[x]) * k;
+    for (int x = start; x < count; ++x) acc[x] += int32_t(r[x]) * k;
   }
-  for (int x = 0; x < count; ++x) dst[x] = clamp_u8(acc[x] >> precision);
+  for (int x = start; x < count; ++x) dst[x] = clamp_u8(acc[x] >> precision);
 }
 
 }  // namespace stoker
