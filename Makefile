@@ -21,7 +21,8 @@ $(STAMPS)/venv: $(STAMPS)/system tools/setup_venv.sh requirements-dev.txt
 	@touch $@
 
 $(STAMPS)/built: $(STAMPS)/venv $(NATIVE_SOURCES)
-	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps \
+	  -Ccmake.define.STOKER_WERROR=ON -e .
 	@touch $@
 
 build: setup
@@ -37,7 +38,7 @@ py-test: setup
 # The pure C++ core and its tests under AddressSanitizer and UBSan.
 native-test: $(STAMPS)/system
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSTOKER_BUILD_PYTHON=OFF \
-	  -DSTOKER_BUILD_TESTS=ON -DSTOKER_SANITIZE=ON -DCMAKE_MAKE_PROGRAM=$(abspath .venv/bin/ninja) \
+	  -DSTOKER_BUILD_TESTS=ON -DSTOKER_SANITIZE=ON -DSTOKER_WERROR=ON -DCMAKE_MAKE_PROGRAM=$(abspath .venv/bin/ninja) \
 	  > /dev/null
 	cmake --build $(ASAN_BUILD) -j 2
 	STOKER_CORPUS=$(CORPUS) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \

@@ -59,8 +59,7 @@ struct JpegSession {
   }
   [[noreturn]] void fail() const {
     if (alloc_failed) throw ImageError(Status::kInternal, "out of memory decoding JPEG");
-    const Status status = err.code == JERR_BAD_PRECISION || err.code == JERR_NOT_COMPILED ||
-                                  err.code == JERR_ARITH_NOTIMPL
+    const Status status = err.code == JERR_BAD_PRECISION || err.code == JERR_NOT_COMPILED
                               ? Status::kUnsupported
                               : Status::kCorrupt;
     throw ImageError(status, std::string("JPEG: ") + err.message);
@@ -116,6 +115,11 @@ bool decode_rows(JpegSession& s, int scale_num, const Rect& region, DecodeState&
     x1 = out_w;
     y1 = out_h;
   }
+  // Fancy upsampling at the edge of a cropped scanline differs from the full decode's, so the
+  // crop reaches one iMCU column past the region on both sides.
+  const int margin = c.max_h_samp_factor * scale_num;
+  x0 = x0 > margin ? x0 - margin : 0;
+  x1 = x1 + margin < out_w ? x1 + margin : out_w;
   st.x = JDIMENSION(x0);
   st.width = JDIMENSION(x1 - x0);
   if (st.x != 0 || st.width != c.output_width) jpeg_crop_scanline(&c, &st.x, &st.width);

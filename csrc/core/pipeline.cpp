@@ -140,7 +140,9 @@ void Preprocessor::process(const uint8_t* data, size_t size, void* out, Scratch&
   int scale = 8;
   if (info.format == ImageFormat::kJpeg && spec_.reduce_gap >= 1.0 &&
       spec_.resize_mode != ResizeMode::kNone) {
-    for (int k = 1; k < 8; ++k) {
+    // Only the halving scales: libjpeg-turbo has SIMD inverse DCTs for them, and the odd scales
+    // (3/8, 5/8, ...) are both slower and less accurate than decoding at the next halving.
+    for (int k : {1, 2, 4}) {
       if (scaled_size(ow, k) >= spec_.reduce_gap * rw &&
           scaled_size(oh, k) >= spec_.reduce_gap * rh) {
         scale = k;

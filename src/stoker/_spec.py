@@ -101,7 +101,9 @@ class ImageSpec:
         if std is not None and 0.0 in std:
             raise ValueError("std must be nonzero")
         if mean is not None and dtype == "uint8":
-            raise ValueError("uint8 output cannot be normalized: drop mean/std or use a float dtype")
+            raise ValueError(
+                "uint8 output cannot be normalized: drop mean/std or use a float dtype"
+            )
         gap = self.reduce_gap
         if gap is not None and (isinstance(gap, bool) or not math.isfinite(gap) or gap < 1.0):
             raise ValueError(f"reduce_gap must be a number >= 1 or None, got {gap!r}")
