@@ -9,6 +9,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from stoker import _native
 from stoker._errors import BatchError, ImageError, image_error, translate_native
@@ -111,13 +112,16 @@ def preprocess_batch(
 
 
 def preprocess_batch_numpy(
-    images: Sequence[Any], spec: ImageSpec = _DEFAULT_SPEC, *, out: np.ndarray | None = None
-) -> np.ndarray:
+    images: Sequence[Any],
+    spec: ImageSpec = _DEFAULT_SPEC,
+    *,
+    out: npt.NDArray[Any] | None = None,
+) -> npt.NDArray[Any]:
     """preprocess_batch without torch: returns a numpy array (no bfloat16)."""
     if spec.dtype == "bfloat16":
         raise ValueError("numpy has no bfloat16; use preprocess_batch or another dtype")
     array, errors = _native.run_batch(spec._native, _items(images), out, False, numpy=True)
-    result: np.ndarray = out if out is not None else np.asarray(array)
+    result: npt.NDArray[Any] = out if out is not None else np.asarray(array)
     failure = _failures(errors, result)
     if failure is not None:
         raise failure
@@ -158,7 +162,7 @@ def preprocess_batch_async(
 
 def decode(
     data: bytes | bytearray | memoryview, *, max_pixels: int = _DEFAULT_MAX_PIXELS
-) -> np.ndarray:
+) -> npt.NDArray[np.uint8]:
     """Decode one image to (H, W, 3) uint8 RGB, EXIF orientation applied, no resize."""
     try:
         return np.asarray(_native.decode(bytes(data), max_pixels))
