@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -25,16 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from _images import IMAGE_SETS
-from bench_preprocess import (
-    CROP,
-    SIZE,
-    crop_box,
-    library_versions,
-    machine_info,
-    markdown_table,
-    quiet_warnings,
-    resize_target,
-)
+from _pipelines import CROP, SIZE, crop_box, quiet_warnings, resize_target
+from _report import library_versions, machine_info, markdown_table, write_json
 from PIL import Image
 
 INTERPOLATIONS: tuple[Literal["bilinear", "bicubic"], ...] = ("bilinear", "bicubic")
@@ -159,10 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\nstoker uint8 output vs full-decode reference (0-255 levels):\n")
     print(markdown_table(header, rows))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-        print(f"\nwrote {args.json}")
+        write_json(args.json, results)
     return 0
 
 
