@@ -19,6 +19,8 @@ import pytest
 from _imagegen import parse_pnm
 from PIL import features
 
+import stoker
+
 U8 = npt.NDArray[np.uint8]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -202,3 +204,7 @@ def jpeg_scan_start(data: bytes) -> int:
             return pos + 2 + length
         pos += 2 + length
     raise ValueError("no SOS marker found")
+
+
+# WebP is optional at build time (required on the project's own machines).
+HAS_WEBP = "webp" in stoker.SUPPORTED_FORMATS

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from _support import HAS_WEBP
 
 import stoker
 
@@ -17,3 +18,12 @@ def restore_num_threads() -> Iterator[int]:
         yield before
     finally:
         stoker.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if HAS_WEBP:
+        return
+    skip = pytest.mark.skip(reason="this build of stoker has no WebP support")
+    for item in items:
+        if "webp" in item.nodeid.lower():
+            item.add_marker(skip)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from _imagegen import encode_webp, jpeg_rgb, pixels, png_rgb
 from _reference import TORCH_DTYPES, zero_pixel_value
-from _support import jpeg_scan_start, jpeg_with_dimensions, png_header_only
+from _support import HAS_WEBP, jpeg_scan_start, jpeg_with_dimensions, png_header_only
 
 import stoker
 
@@ -29,9 +29,14 @@ def _good_images() -> dict[str, bytes]:
         "jpeg": jpeg_rgb(120, 90, 1),
         "jpeg-progressive": jpeg_rgb(120, 90, 1, progressive=True),
         "png": png_rgb(120, 90, 1),
-        "webp-lossy": encode_webp(pixels(120, 90, 1), lossless=False),
-        "webp-lossless": encode_webp(pixels(120, 90, 1), lossless=True),
-    }
+    } | (
+        {
+            "webp-lossy": encode_webp(pixels(120, 90, 1), lossless=False),
+            "webp-lossless": encode_webp(pixels(120, 90, 1), lossless=True),
+        }
+        if HAS_WEBP
+        else {}
+    )
 
 
 GOOD = _good_images()
@@ -171,10 +176,11 @@ def _bad_items() -> dict[str, tuple[bytes, type[stoker.ImageError]]]:
         "garbage": (b"this is not an image at all" * 5, stoker.UnsupportedImageError),
         "truncated-jpeg": (jpeg[: len(jpeg) // 2], stoker.CorruptImageError),
         "truncated-png": (GOOD["png"][:500], stoker.CorruptImageError),
-        "truncated-webp": (GOOD["webp-lossy"][:300], stoker.CorruptImageError),
         "huge-png": (png_header_only(100_000, 100_000), stoker.ImageTooLargeError),
         "huge-jpeg": (jpeg_with_dimensions(jpeg, 60_000, 60_000), stoker.ImageTooLargeError),
-    }
+    } | (
+        {"truncated-webp": (GOOD["webp-lossy"][:300], stoker.CorruptImageError)} if HAS_WEBP else {}
+    )
 
 
 BAD = _bad_items()

@@ -300,6 +300,17 @@ void register_image(nb::module_& m) {
       nb::arg("data"), nb::arg("max_pixels"),
       "(format, width, height, orientation) of one image from its header.");
 
+  m.def(
+      "supported_formats",
+      [] {
+        std::vector<std::string> formats{"jpeg", "png"};
+#ifdef STOKER_HAVE_WEBP
+        formats.emplace_back("webp");
+#endif
+        return formats;
+      },
+      "Formats this build decodes.");
+
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);

@@ -13,6 +13,7 @@ from stoker._errors import (
     UnsupportedImageError,
 )
 from stoker._preprocess import (
+    SUPPORTED_FORMATS,
     ImageInfo,
     decode,
     get_num_threads,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SUPPORTED_FORMATS",
     "BatchError",
     "CorruptImageError",
     "EmptyImageError",

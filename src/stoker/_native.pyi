@@ -50,6 +50,9 @@ def decode(data: bytes, max_pixels: int) -> NDArray[numpy.uint8]:
 def image_info(data: bytes, max_pixels: int) -> tuple[str, int, int, int]:
     """(format, width, height, orientation) of one image from its header."""
 
+def supported_formats() -> list[str]:
+    """Formats this build decodes."""
+
 def set_num_threads(n: int) -> None:
     """Resize the native worker pool (waits for running batches)."""
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "SUPPORTED_FORMATS",
     "ImageInfo",
     "decode",
     "get_num_threads",
@@ -28,6 +29,9 @@ __all__ = [
     "preprocess_batch_numpy",
     "set_num_threads",
 ]
+
+SUPPORTED_FORMATS: tuple[str, ...] = tuple(_native.supported_formats())
+"""Image formats this build decodes (WebP is optional at build time)."""
 
 _DEFAULT_SPEC = ImageSpec()
 _DEFAULT_MAX_PIXELS = _DEFAULT_SPEC.max_pixels
@@ -60,8 +64,11 @@ def _torch() -> Any:
 @functools.cache
 def _cuda_runtime_path() -> str | None:
     """Path of the CUDA runtime library torch loaded, when torch sees a GPU."""
-    if not _torch().cuda.is_available():
+    torch = _torch()
+    if not torch.cuda.is_available():
         return None
+    # torch answers is_pinned() and plans async copies only once it has initialized CUDA itself.
+    torch.cuda.init()
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
