@@ -22,8 +22,9 @@ struct BatchResult {
   size_t failed() const;
 };
 
-// Preprocesses items[i] into out + i * spec.item_bytes(). `done` runs once, on a pool worker, after
-// every item is written; the caller keeps the inputs and the output alive until then.
+// Preprocesses items[i] into out + i * spec.item_bytes(). `done` runs once after every item is
+// written, on the pool worker that finished last (on the caller's thread for an empty batch); the
+// caller keeps the inputs and the output alive until then.
 void run_batch_async(ThreadPool& pool, std::shared_ptr<const Preprocessor> pre,
                      std::vector<ByteSpan> items, uint8_t* out,
                      std::function<void(BatchResult&&)> done);

@@ -94,7 +94,7 @@ class Buffer {
 // Reads the header and orientation; throws ImageError (kEmpty, kUnsupported, kCorrupt, kTooLarge).
 ImageInfo read_info(const uint8_t* data, size_t size, int64_t max_pixels);
 
-// Largest JPEG DCT scale numerator k (of k/8) the image allows; 8 for other formats.
+// Length of a side of `size` pixels decoded at JPEG DCT scale scale_num/8 (rounded up, as libjpeg).
 int scaled_size(int size, int scale_num);
 
 // Decodes `region` (in stored coordinates of the image scaled by scale_num/8, scale_num < 8 only

@@ -127,7 +127,8 @@ bool decode_rows(JpegSession& s, int scale_num, const Rect& region, DecodeState&
   st.height = y1 - y0;
   st.stride = size_t(st.width) * 4;
   try {
-    st.pixels = st.buffer->reserve(st.stride * size_t(st.height) + kBufferSlack);
+    // One extra row receives the scanlines below the region (see the end of this function).
+    st.pixels = st.buffer->reserve(st.stride * size_t(st.height + 1) + kBufferSlack);
   } catch (const std::bad_alloc&) {
     s.alloc_failed = true;
     return false;
@@ -141,11 +142,11 @@ bool decode_rows(JpegSession& s, int scale_num, const Rect& region, DecodeState&
     for (int i = 0; i < n; ++i) rows[i] = st.pixels + size_t(first + i) * st.stride;
     jpeg_read_scanlines(&c, rows, JDIMENSION(n));
   }
-  // Skipping (rather than aborting) the rows below the region still reads their entropy-coded data,
-  // so a truncated file fails the same way whatever part of it is kept.
-  if (c.output_scanline < c.output_height) {
-    jpeg_skip_scanlines(&c, c.output_height - c.output_scanline);
-  }
+  // The rows below the region are decoded (into a throwaway row) rather than skipped or aborted:
+  // skipping to the end does not read the remaining data, and a truncated file must fail the same
+  // way whatever part of it is kept.
+  JSAMPROW spare = st.pixels + size_t(st.height) * st.stride;
+  while (c.output_scanline < c.output_height) jpeg_read_scanlines(&c, &spare, 1);
   jpeg_finish_decompress(&c);
   return true;
 }

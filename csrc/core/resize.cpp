@@ -150,6 +150,20 @@ namespace {
 
 inline uint8_t clamp_u8(int32_t v) { return uint8_t(v < 0 ? 0 : (v > 255 ? 255 : v)); }
 
+// One output pixel from `taps` RGBX input pixels.
+inline void pixel_scalar(const uint8_t* p, const int16_t* k, int taps, int32_t bias, int precision,
+                         uint8_t* d) {
+  int32_t a0 = bias, a1 = bias, a2 = bias;
+  for (int t = 0; t < taps; ++t) {
+    a0 += int32_t(p[4 * t]) * k[t];
+    a1 += int32_t(p[4 * t + 1]) * k[t];
+    a2 += int32_t(p[4 * t + 2]) * k[t];
+  }
+  d[0] = clamp_u8(a0 >> precision);
+  d[1] = clamp_u8(a1 >> precision);
+  d[2] = clamp_u8(a2 >> precision);
+}
+
 template <int Taps>
 void rows_fixed(const uint8_t* src, size_t src_stride, int x_origin, int row_count,
                 const AxisWeights& w, uint8_t* dst, size_t dst_stride) {
@@ -160,17 +174,8 @@ void rows_fixed(const uint8_t* src, size_t src_stride, int x_origin, int row_cou
     const uint8_t* s = src + size_t(r) * src_stride;
     uint8_t* d = dst + size_t(r) * dst_stride;
     for (int i = 0; i < n; ++i) {
-      const uint8_t* p = s + size_t(w.first[size_t(i)] - x_origin) * 4;
-      const int16_t* k = w.weights.data() + size_t(i) * size_t(taps);
-      int32_t a0 = bias, a1 = bias, a2 = bias;
-      for (int t = 0; t < taps; ++t) {
-        a0 += int32_t(p[4 * t]) * k[t];
-        a1 += int32_t(p[4 * t + 1]) * k[t];
-        a2 += int32_t(p[4 * t + 2]) * k[t];
-      }
-      d[3 * i] = clamp_u8(a0 >> w.precision);
-      d[3 * i + 1] = clamp_u8(a1 >> w.precision);
-      d[3 * i + 2] = clamp_u8(a2 >> w.precision);
+      pixel_scalar(s + size_t(w.first[size_t(i)] - x_origin) * 4,
+                   w.weights.data() + size_t(i) * size_t(taps), taps, bias, w.precision, d + 3 * i);
     }
   }
 }
@@ -199,28 +204,70 @@ void rows_avx2(const uint8_t* src, size_t src_stride, int x_origin, int row_coun
     }
   }
   const __m128i shuffle = _mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
-  const __m128i bias = _mm_set1_epi32(w.precision > 0 ? 1 << (w.precision - 1) : 0);
+  const int32_t bias32 = w.precision > 0 ? 1 << (w.precision - 1) : 0;
+  const __m128i bias = _mm_set1_epi32(bias32);
   const __m128i shift = _mm_cvtsi32_si128(w.precision);
-  for (int r = 0; r < row_count; ++r) {
+  // Outputs whose 16-byte loads would pass the last tap of the axis take the scalar path, so no
+  // read leaves the input range the weights name.
+  const int vector_limit = w.in_hi - 4 * groups;
+  auto store = [n](uint8_t* d, int i, int32_t rgbx) {
+    // 4 bytes for 3 where the 4th lands on the next pixel, which overwrites it.
+    if (i + 1 < n) {
+      std::memcpy(d + 3 * i, &rgbx, 4);
+    } else {
+      std::memcpy(d + 3 * i, &rgbx, 3);
+    }
+  };
+  auto taps_of = [&](const uint8_t* p, const int32_t* k) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int g = 0; g < groups; ++g) {
+      const __m128i px =
+          _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * g)), shuffle);
+      const __m256i kk = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + 8 * g));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepu8_epi16(px), kk));
+    }
+    return acc;
+  };
+  // Two rows at a time share the weights and one reduction.
+  const __m256i bias2 = _mm256_set1_epi32(bias32);
+  int r = 0;
+  for (; r + 2 <= row_count; r += 2) {
+    const uint8_t* s0 = src + size_t(r) * src_stride;
+    const uint8_t* s1 = s0 + src_stride;
+    uint8_t* d0 = dst + size_t(r) * dst_stride;
+    uint8_t* d1 = d0 + dst_stride;
+    for (int i = 0; i < n; ++i) {
+      const size_t off = size_t(w.first[size_t(i)] - x_origin) * 4;
+      if (w.first[size_t(i)] > vector_limit) {
+        const int16_t* k = w.weights.data() + size_t(i) * size_t(w.taps);
+        pixel_scalar(s0 + off, k, w.taps, bias32, w.precision, d0 + 3 * i);
+        pixel_scalar(s1 + off, k, w.taps, bias32, w.precision, d1 + 3 * i);
+        continue;
+      }
+      const int32_t* k = packed.data() + size_t(i) * size_t(groups) * 8;
+      const __m256i a0 = taps_of(s0 + off, k), a1 = taps_of(s1 + off, k);
+      __m256i sum = _mm256_add_epi32(_mm256_permute2x128_si256(a0, a1, 0x20),
+                                     _mm256_permute2x128_si256(a0, a1, 0x31));
+      sum = _mm256_sra_epi32(_mm256_add_epi32(sum, bias2), shift);
+      const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(sum, sum), sum);
+      store(d0, i, _mm_cvtsi128_si32(_mm256_castsi256_si128(bytes)));
+      store(d1, i, _mm_cvtsi128_si32(_mm256_extracti128_si256(bytes, 1)));
+    }
+  }
+  for (; r < row_count; ++r) {
     const uint8_t* s = src + size_t(r) * src_stride;
     uint8_t* d = dst + size_t(r) * dst_stride;
     for (int i = 0; i < n; ++i) {
       const uint8_t* p = s + size_t(w.first[size_t(i)] - x_origin) * 4;
-      const int32_t* k = packed.data() + size_t(i) * size_t(groups) * 8;
-      __m256i acc = _mm256_setzero_si256();
-      for (int g = 0; g < groups; ++g) {
-        const __m128i px = _mm_shuffle_epi8(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * g)), shuffle);
-        const __m256i wide = _mm256_cvtepu8_epi16(px);
-        const __m256i kk = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + 8 * g));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(wide, kk));
+      if (w.first[size_t(i)] > vector_limit) {
+        pixel_scalar(p, w.weights.data() + size_t(i) * size_t(w.taps), w.taps, bias32, w.precision,
+                     d + 3 * i);
+        continue;
       }
+      const __m256i acc = taps_of(p, packed.data() + size_t(i) * size_t(groups) * 8);
       __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
       sum = _mm_sra_epi32(_mm_add_epi32(sum, bias), shift);
-      const __m128i bytes = _mm_packus_epi16(_mm_packs_epi32(sum, sum), sum);
-      const int32_t rgbx = _mm_cvtsi128_si32(bytes);
-      // Writes 4 bytes for 3: the 4th lands where the next pixel (or the buffer's slack) goes.
-      std::memcpy(d + 3 * i, &rgbx, 4);
+      store(d, i, _mm_cvtsi128_si32(_mm_packus_epi16(_mm_packs_epi32(sum, sum), sum)));
     }
   }
 }

@@ -21,7 +21,7 @@ struct AxisWeights {
   std::vector<int32_t> first;
   std::vector<int16_t> weights;  // (out_end - out_begin) * taps
   bool identity = false;         // output sample i is input sample i + offset
-  int in_lo = 0;                 // the input range any output reads
+  int in_lo = 0;                 // the input range [in_lo, in_hi) any output reads
   int in_hi = 0;
 };
 
@@ -34,7 +34,8 @@ AxisWeights axis_weights(int in_size, int out_size, int out_begin, int out_end, 
 void resample_rows(const uint8_t* src, size_t src_stride, int x_origin, int row_count,
                    const AxisWeights& w, uint8_t* dst, size_t dst_stride);
 
-// Vertical pass for one output row: combines `w.taps` packed RGB rows into `count` RGB values.
+// Vertical pass for one output row: combines `taps` packed RGB rows into `count` bytes
+// (pixels x 3); `acc` holds `count` int32 of scratch.
 void resample_column_row(const uint8_t* const* rows, const int16_t* weights, int taps,
                          int precision, int count, uint8_t* dst, int32_t* acc);
 

@@ -39,9 +39,7 @@ uint32_t mix(uint32_t x, uint32_t y, uint64_t seed) {
   return uint32_t(z ^ (z >> 31));
 }
 
-uint8_t clamp_u8(double v) {
-  return uint8_t(v <= 0.0 ? 0.0 : (v >= 255.0 ? 255.0 : v));
-}
+uint8_t clamp_u8(double v) { return uint8_t(v <= 0.0 ? 0.0 : (v >= 255.0 ? 255.0 : v)); }
 
 }  // namespace
 
@@ -54,8 +52,8 @@ Image make_rgb(int width, int height, uint64_t seed) {
       const uint32_t n = mix(uint32_t(x), uint32_t(y), seed);
       // Smooth ramps, a few hard edges (a moving diagonal stripe) and +-24 of texture.
       const bool stripe = ((x + 2 * y + int(seed % 17)) / 23) % 5 == 0;
-      const int base[3] = {x * 255 / wd, y * 255 / hd, stripe ? 255 - (x + y) * 255 / sd
-                                                              : (x + y) * 255 / sd};
+      const int base[3] = {x * 255 / wd, y * 255 / hd,
+                           stripe ? 255 - (x + y) * 255 / sd : (x + y) * 255 / sd};
       uint8_t* p = img.at(x, y);
       for (int c = 0; c < 3; ++c) {
         const int noise = int((n >> (8 * c)) & 0xFF) % 49 - 24;
@@ -127,8 +125,8 @@ Bytes make_exif_tiff(int orientation, bool little_endian, bool as_long) {
   t.push_back(little_endian ? 'I' : 'M');
   t.push_back(little_endian ? 'I' : 'M');
   u16(42);
-  u32(8);   // IFD0
-  u16(2);   // two entries
+  u32(8);       // IFD0
+  u16(2);       // two entries
   u16(0x010F);  // Make, ASCII, 6 bytes stored after the IFD
   u16(2);
   u32(6);
@@ -206,6 +204,54 @@ Bytes encode_jpeg(const Image& rgb, const JpegOptions& options) {
   jpeg_destroy_compress(&c);
   std::free(out);
   return result;
+}
+
+Bytes encode_jpeg_cmyk(const Image& cmyk, bool ycck, int quality) {
+  jpeg_compress_struct c;
+  jpeg_error_mgr err;
+  c.err = jpeg_std_error(&err);
+  err.error_exit = jpeg_abort_on_error;
+  jpeg_create_compress(&c);
+  unsigned char* out = nullptr;
+  unsigned long out_size = 0;
+  jpeg_mem_dest(&c, &out, &out_size);
+  c.image_width = JDIMENSION(cmyk.width);
+  c.image_height = JDIMENSION(cmyk.height);
+  c.input_components = 4;
+  c.in_color_space = JCS_CMYK;
+  jpeg_set_defaults(&c);  // JCS_CMYK with an Adobe marker
+  if (ycck) jpeg_set_colorspace(&c, JCS_YCCK);
+  jpeg_set_quality(&c, quality, TRUE);
+  jpeg_start_compress(&c, TRUE);
+  while (c.next_scanline < c.image_height) {
+    JSAMPROW row = const_cast<uint8_t*>(cmyk.at(0, int(c.next_scanline)));
+    jpeg_write_scanlines(&c, &row, 1);
+  }
+  jpeg_finish_compress(&c);
+  Bytes result(out, out + out_size);
+  jpeg_destroy_compress(&c);
+  std::free(out);
+  return result;
+}
+
+Image reference_jpeg_decode_cmyk(const Bytes& data) {
+  jpeg_decompress_struct d;
+  jpeg_error_mgr err;
+  d.err = jpeg_std_error(&err);
+  err.error_exit = jpeg_abort_on_error;
+  jpeg_create_decompress(&d);
+  jpeg_mem_src(&d, data.data(), static_cast<unsigned long>(data.size()));
+  jpeg_read_header(&d, TRUE);
+  d.out_color_space = JCS_CMYK;
+  jpeg_start_decompress(&d);
+  Image img(int(d.output_width), int(d.output_height), 4);
+  while (d.output_scanline < d.output_height) {
+    JSAMPROW row = img.at(0, int(d.output_scanline));
+    jpeg_read_scanlines(&d, &row, 1);
+  }
+  jpeg_finish_decompress(&d);
+  jpeg_destroy_decompress(&d);
+  return img;
 }
 
 Image reference_jpeg_decode(const Bytes& data, int scale_num) {
@@ -385,7 +431,7 @@ PngImage encode_png(const Image& rgb, PngKind kind, bool interlaced, const Bytes
   (void)exif;
 #endif
   png_write_info(png, info);
-  std::vector<png_bytep> pointers(size_t(h));
+  std::vector<png_bytep> pointers{size_t(h), nullptr};
   for (int y = 0; y < h; ++y) pointers[size_t(y)] = rows.data() + size_t(y) * row_bytes;
   png_write_image(png, pointers.data());
   png_write_end(png, nullptr);
@@ -400,8 +446,8 @@ Bytes encode_webp(const Image& rgb, bool lossless, int quality) {
   uint8_t* out = nullptr;
   const size_t size =
       lossless ? WebPEncodeLosslessRGB(rgb.px.data(), rgb.width, rgb.height, rgb.width * 3, &out)
-               : WebPEncodeRGB(rgb.px.data(), rgb.width, rgb.height, rgb.width * 3,
-                               float(quality), &out);
+               : WebPEncodeRGB(rgb.px.data(), rgb.width, rgb.height, rgb.width * 3, float(quality),
+                               &out);
   if (size == 0 || out == nullptr) {
     std::fprintf(stderr, "test WebP encode failed\n");
     std::abort();
@@ -504,7 +550,8 @@ int crop_offset(int size, int crop) {
 }
 
 Image center_crop(const Image& img, int crop_w, int crop_h) {
-  const int off_x = crop_w > img.width ? -((crop_w - img.width) / 2) : crop_offset(img.width, crop_w);
+  const int off_x =
+      crop_w > img.width ? -((crop_w - img.width) / 2) : crop_offset(img.width, crop_w);
   const int off_y =
       crop_h > img.height ? -((crop_h - img.height) / 2) : crop_offset(img.height, crop_h);
   Image out(crop_w, crop_h, img.channels);
@@ -537,7 +584,7 @@ double cubic(double x, double a) {
 }  // namespace
 
 std::vector<RefWeights> reference_weights(int in, int out, Interp interp, bool antialias) {
-  std::vector<RefWeights> result(size_t(out));
+  std::vector<RefWeights> result(static_cast<size_t>(out));
   if (interp == Interp::kNearest) {
     const float scale = float(in) / float(out);
     for (int i = 0; i < out; ++i) {
@@ -723,8 +770,8 @@ void Watchdog::arm(const std::string& what) {
   std::lock_guard<std::mutex> lock(mutex_);
   what_ = what;
   armed_ = true;
-  deadline_ = std::chrono::steady_clock::now() +
-              std::chrono::milliseconds(int64_t(limit_s_ * 1000.0));
+  deadline_ =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(limit_s_ * 1000.0));
 }
 
 void Watchdog::disarm() {

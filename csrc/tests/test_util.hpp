@@ -10,12 +10,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "core/image.hpp"
 #include "core/spec.hpp"
+#include "core/status.hpp"
+
+namespace stoker {
+
+// GoogleTest prints Status values by name.
+inline void PrintTo(Status s, std::ostream* os) { *os << status_name(s); }
+
+}  // namespace stoker
 
 namespace stoker::test {
 
@@ -52,7 +61,8 @@ struct Image {
   Bytes px;
 
   Image() = default;
-  Image(int w, int h, int c) : width(w), height(h), channels(c), px(size_t(w) * size_t(h) * size_t(c)) {}
+  Image(int w, int h, int c)
+      : width(w), height(h), channels(c), px(size_t(w) * size_t(h) * size_t(c)) {}
   uint8_t* at(int x, int y) {
     return px.data() + (size_t(y) * size_t(width) + size_t(x)) * size_t(channels);
   }
@@ -91,6 +101,12 @@ struct JpegOptions {
 };
 
 Bytes encode_jpeg(const Image& rgb, const JpegOptions& options);
+
+// CMYK (4 channels, stored as given: Adobe-inverted by convention) or, with `ycck`, YCCK JPEG.
+Bytes encode_jpeg_cmyk(const Image& cmyk, bool ycck, int quality = 90);
+
+// The stored CMYK samples of a CMYK/YCCK JPEG, decoded by libjpeg (JCS_CMYK), 4 channels.
+Image reference_jpeg_decode_cmyk(const Bytes& data);
 
 // A full decode through libjpeg with default settings into JCS_RGB at scale_num/8: the reference
 // the core must reproduce byte for byte. Stored orientation (EXIF ignored).
