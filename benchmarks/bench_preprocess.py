@@ -131,7 +131,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--threads", type=int, default=None, help="threads for the all-core run (default: all)"
     )
     p.add_argument("--json", metavar="PATH", help="write every number and the machine here")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7)")
     p.add_argument("--duration", type=float, default=None, help="seconds per impl per round")
     p.add_argument("--batch", type=int, default=None, help="per-core batch size (default 32)")
     p.add_argument(
@@ -154,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys.insert(0, "stoker")  # the reference every ratio is taken against
 
     quick = args.quick
-    rounds = args.rounds or (2 if quick else 5)
-    duration = args.duration or (0.25 if quick else 1.0)
+    rounds = args.rounds or (2 if quick else 7)
+    duration = args.duration or (0.25 if quick else 0.8)
     batch_size = args.batch or (8 if quick else 32)
     n_images = {"small": 16 if quick else 64, "large": 4 if quick else 16}
     threads = args.threads or usable_cpus()

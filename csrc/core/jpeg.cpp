@@ -89,7 +89,15 @@ bool read_header(JpegSession& s, const uint8_t* data, size_t size, bool save_exi
   return true;
 }
 
+// The last bytes, past any zero padding, are the EOI marker FF D9.
+bool ends_with_eoi(const uint8_t* data, size_t size) {
+  while (size > 2 && data[size - 1] == 0) --size;
+  return size >= 2 && data[size - 2] == 0xFF && data[size - 1] == 0xD9;
+}
+
 struct DecodeState {
+  const uint8_t* data;
+  size_t size;
   Buffer* buffer;
   uint8_t* pixels;
   JDIMENSION x, width;
@@ -142,9 +150,13 @@ bool decode_rows(JpegSession& s, int scale_num, const Rect& region, DecodeState&
     for (int i = 0; i < n; ++i) rows[i] = st.pixels + size_t(first + i) * st.stride;
     jpeg_read_scanlines(&c, rows, JDIMENSION(n));
   }
-  // The rows below the region are decoded (into a throwaway row) rather than skipped or aborted:
-  // skipping to the end does not read the remaining data, and a truncated file must fail the same
-  // way whatever part of it is kept.
+  // A truncated file must fail the same way whatever part of it is kept. A file that ends with its
+  // EOI marker was written to the end, so the rows below the region can be dropped unread;
+  // otherwise they are decoded into a throwaway row (skipping to the end would not read them).
+  if (c.output_scanline < c.output_height && ends_with_eoi(st.data, st.size)) {
+    jpeg_abort_decompress(&c);
+    return true;
+  }
   JSAMPROW spare = st.pixels + size_t(st.height) * st.stride;
   while (c.output_scanline < c.output_height) jpeg_read_scanlines(&c, &spare, 1);
   jpeg_finish_decompress(&c);
@@ -175,6 +187,8 @@ PixelView jpeg_decode(const uint8_t* data, size_t size, int scale_num, const Rec
   JpegSession s;
   if (!read_header(s, data, size, false)) s.fail();
   DecodeState st{};
+  st.data = data;
+  st.size = size;
   st.buffer = &buffer;
   if (!decode_rows(s, scale_num, region, st)) s.fail();
   if (st.cmyk) {
