@@ -2,7 +2,7 @@
 
 Compares, for one (256, 3, 224, 224) float32 batch: stoker's arena output (pinned through the CUDA
 runtime torch loaded), a pageable torch tensor and a torch ``pin_memory()`` tensor. For each:
-``tensor.is_pinned()``, the CUDA driver's view of the pointer, how long a non-blocking copy
+``tensor.is_pinned()`` (which torch answers from the CUDA driver), how long a non-blocking copy
 takes to return, and the copy bandwidth measured with CUDA events.
 Needs a CUDA GPU.
 """
@@ -10,7 +10,6 @@ Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import io
 import json
 import time
@@ -21,26 +20,6 @@ import torch
 from PIL import Image
 
 import stoker
-
-
-def driver_memory_type(ptr: int) -> str:
-    """cudaPointerGetAttributes' memory type for `ptr`, read through the runtime torch loaded."""
-    path = stoker._preprocess._cuda_runtime_path()
-    if path is None:
-        return "no CUDA runtime"
-
-    class Attributes(ctypes.Structure):
-        _fields_ = [
-            ("type", ctypes.c_int),
-            ("device", ctypes.c_int),
-            ("devicePointer", ctypes.c_void_p),
-            ("hostPointer", ctypes.c_void_p),
-        ]
-
-    attrs = Attributes()
-    code = ctypes.CDLL(path).cudaPointerGetAttributes(ctypes.byref(attrs), ctypes.c_void_p(ptr))
-    names = {0: "unregistered", 1: "host (page-locked)", 2: "device", 3: "managed"}
-    return f"error {code}" if code != 0 else names.get(attrs.type, str(attrs.type))
 
 
 def measure(host: torch.Tensor, repeats: int) -> dict[str, Any]:
@@ -62,7 +41,6 @@ def measure(host: torch.Tensor, repeats: int) -> dict[str, Any]:
     assert torch.equal(device.cpu(), host)
     return {
         "is_pinned": bool(host.is_pinned()),
-        "driver": driver_memory_type(host.data_ptr()),
         "call_returns_ms": float(np.median(returns) * 1e3),
         "copy_ms": float(np.median(seconds) * 1e3),
         "gb_per_s": host.nbytes / float(np.median(seconds)) / 1e9,
@@ -92,11 +70,11 @@ def main() -> None:
         f"H2D of {tuple(batch.shape)} float32 ({batch.nbytes / 1e6:.0f} MB), "
         f"{torch.cuda.get_device_name()}"
     )
-    print("| host buffer | is_pinned() | driver sees | call returns (ms) | copy (ms) | GB/s |")
-    print("|---|---|---|---|---|---|")
+    print("| host buffer | is_pinned() | call returns (ms) | copy (ms) | GB/s |")
+    print("|---|---|---|---|---|")
     for name, r in results.items():
         print(
-            f"| {name} | {r['is_pinned']} | {r['driver']} | {r['call_returns_ms']:.3f} "
+            f"| {name} | {r['is_pinned']} | {r['call_returns_ms']:.3f} "
             f"| {r['copy_ms']:.3f} | {r['gb_per_s']:.1f} |"
         )
     if args.json:

@@ -125,24 +125,89 @@ Output prepare_output(const Preprocessor& pre, size_t n, nb::handle out, bool pi
   return o;
 }
 
+// DLPack's C ABI (dlpack.h, v0.8), declared here because only these structs are needed.
+struct DLDevice {
+  int32_t device_type;
+  int32_t device_id;
+};
+struct DLDataType {
+  uint8_t code;
+  uint8_t bits;
+  uint16_t lanes;
+};
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor*);
+};
+
+// Owns one arena block for as long as the consumer's tensor lives.
+struct ManagedBlock {
+  DLManagedTensor managed;
+  HostBlock block;
+  int64_t shape[4];
+};
+
+// Runs when the consumer frees its tensor, possibly during interpreter shutdown or on a thread
+// without the GIL: it touches no Python state, only the arena.
+void release_managed(DLManagedTensor* t) {
+  auto* m = static_cast<ManagedBlock*>(t->manager_ctx);
+  arena().release(m->block);
+  delete m;
+}
+
+// A "dltensor" capsule over the block, which torch.from_dlpack consumes without a copy.
+nb::object dlpack_capsule(HostBlock block, const std::vector<size_t>& shape, DType dtype) {
+  auto* m = new ManagedBlock{};
+  m->block = block;
+  for (size_t d = 0; d < shape.size(); ++d) m->shape[d] = int64_t(shape[d]);
+  const nb::dlpack::dtype dt = dlpack_dtype(dtype);
+  m->managed.dl_tensor = DLTensor{block.ptr,
+                                  DLDevice{1, 0},
+                                  int32_t(shape.size()),
+                                  DLDataType{dt.code, dt.bits, dt.lanes},
+                                  m->shape,
+                                  nullptr,
+                                  0};
+  m->managed.manager_ctx = m;
+  m->managed.deleter = release_managed;
+  PyObject* capsule = PyCapsule_New(&m->managed, "dltensor", [](PyObject* self) {
+    // A consumer renames the capsule to "used_dltensor" and takes over the deleter.
+    if (PyCapsule_IsValid(self, "dltensor")) {
+      auto* t = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(self, "dltensor"));
+      t->deleter(t);
+    }
+  });
+  if (capsule == nullptr) {
+    release_managed(&m->managed);
+    throw nb::python_error();
+  }
+  return nb::steal(capsule);
+}
+
 // A DLPack capsule (torch.from_dlpack takes it), or a numpy array when `numpy` is set.
 nb::object wrap_output(const Preprocessor& pre, size_t n, Output& o, bool numpy) {
   if (!o.owned) return nb::none();
-  auto* block = new HostBlock(o.block);
   o.owned = false;
+  const std::vector<size_t> shape = batch_shape(pre.spec(), n);
+  if (!numpy) return dlpack_capsule(o.block, shape, pre.spec().dtype);
+  auto* block = new HostBlock(o.block);
   nb::capsule owner(block, [](void* p) noexcept {
     auto* b = static_cast<HostBlock*>(p);
     arena().release(*b);
     delete b;
   });
-  const std::vector<size_t> shape = batch_shape(pre.spec(), n);
-  const nb::dlpack::dtype dtype = dlpack_dtype(pre.spec().dtype);
-  if (numpy) {
-    return nb::cast(nb::ndarray<nb::numpy>(block->ptr, shape.size(), shape.data(), owner, nullptr,
-                                           dtype, nb::device::cpu::value));
-  }
-  return nb::cast(nb::ndarray<>(block->ptr, shape.size(), shape.data(), owner, nullptr, dtype,
-                                nb::device::cpu::value));
+  return nb::cast(nb::ndarray<nb::numpy>(block->ptr, shape.size(), shape.data(), owner, nullptr,
+                                         dlpack_dtype(pre.spec().dtype), nb::device::cpu::value));
 }
 
 ErrorList error_list(const BatchResult& r) {
