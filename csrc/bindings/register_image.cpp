@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bindings/bindings.hpp"
+#include "bindings/dlpack.hpp"
 #include "core/batch.hpp"
 #include "core/image.hpp"
 #include "core/pipeline.hpp"
@@ -125,81 +126,12 @@ Output prepare_output(const Preprocessor& pre, size_t n, nb::handle out, bool pi
   return o;
 }
 
-// DLPack's C ABI (dlpack.h, v0.8), declared here because only these structs are needed.
-struct DLDevice {
-  int32_t device_type;
-  int32_t device_id;
-};
-struct DLDataType {
-  uint8_t code;
-  uint8_t bits;
-  uint16_t lanes;
-};
-struct DLTensor {
-  void* data;
-  DLDevice device;
-  int32_t ndim;
-  DLDataType dtype;
-  int64_t* shape;
-  int64_t* strides;
-  uint64_t byte_offset;
-};
-struct DLManagedTensor {
-  DLTensor dl_tensor;
-  void* manager_ctx;
-  void (*deleter)(DLManagedTensor*);
-};
-
-// Owns one arena block for as long as the consumer's tensor lives.
-struct ManagedBlock {
-  DLManagedTensor managed;
-  HostBlock block;
-  int64_t shape[4];
-};
-
-// Runs when the consumer frees its tensor, possibly during interpreter shutdown or on a thread
-// without the GIL: it touches no Python state, only the arena.
-void release_managed(DLManagedTensor* t) {
-  auto* m = static_cast<ManagedBlock*>(t->manager_ctx);
-  arena().release(m->block);
-  delete m;
-}
-
-// A "dltensor" capsule over the block, which torch.from_dlpack consumes without a copy.
-nb::object dlpack_capsule(HostBlock block, const std::vector<size_t>& shape, DType dtype) {
-  auto* m = new ManagedBlock{};
-  m->block = block;
-  for (size_t d = 0; d < shape.size(); ++d) m->shape[d] = int64_t(shape[d]);
-  const nb::dlpack::dtype dt = dlpack_dtype(dtype);
-  m->managed.dl_tensor = DLTensor{block.ptr,
-                                  DLDevice{1, 0},
-                                  int32_t(shape.size()),
-                                  DLDataType{dt.code, dt.bits, dt.lanes},
-                                  m->shape,
-                                  nullptr,
-                                  0};
-  m->managed.manager_ctx = m;
-  m->managed.deleter = release_managed;
-  PyObject* capsule = PyCapsule_New(&m->managed, "dltensor", [](PyObject* self) {
-    // A consumer renames the capsule to "used_dltensor" and takes over the deleter.
-    if (PyCapsule_IsValid(self, "dltensor")) {
-      auto* t = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(self, "dltensor"));
-      t->deleter(t);
-    }
-  });
-  if (capsule == nullptr) {
-    release_managed(&m->managed);
-    throw nb::python_error();
-  }
-  return nb::steal(capsule);
-}
-
 // A DLPack capsule (torch.from_dlpack takes it), or a numpy array when `numpy` is set.
 nb::object wrap_output(const Preprocessor& pre, size_t n, Output& o, bool numpy) {
   if (!o.owned) return nb::none();
   o.owned = false;
   const std::vector<size_t> shape = batch_shape(pre.spec(), n);
-  if (!numpy) return dlpack_capsule(o.block, shape, pre.spec().dtype);
+  if (!numpy) return dlpack_capsule(o.block, shape, dlpack_dtype(pre.spec().dtype));
   auto* block = new HostBlock(o.block);
   nb::capsule owner(block, [](void* p) noexcept {
     auto* b = static_cast<HostBlock*>(p);
@@ -208,6 +140,18 @@ nb::object wrap_output(const Preprocessor& pre, size_t n, Output& o, bool numpy)
   });
   return nb::cast(nb::ndarray<nb::numpy>(block->ptr, shape.size(), shape.data(), owner, nullptr,
                                          dlpack_dtype(pre.spec().dtype), nb::device::cpu::value));
+}
+
+// Borrows the inputs and readies the output; on failure nothing stays borrowed.
+std::pair<std::shared_ptr<Inputs>, Output> prepare(const Preprocessor& pre, nb::handle items,
+                                                   nb::handle out, bool pinned) {
+  auto inputs = std::make_shared<Inputs>(items);
+  try {
+    return {inputs, prepare_output(pre, inputs->spans.size(), out, pinned)};
+  } catch (...) {
+    inputs->release();
+    throw;
+  }
 }
 
 ErrorList error_list(const BatchResult& r) {
@@ -278,21 +222,14 @@ void register_image(nb::module_& m) {
       "run_batch",
       [](std::shared_ptr<Preprocessor> pre, nb::handle items, nb::handle out, bool pinned,
          bool numpy) {
-        Inputs inputs(items);
-        const size_t n = inputs.spans.size();
-        Output o;
-        try {
-          o = prepare_output(*pre, n, out, pinned);
-        } catch (...) {
-          inputs.release();
-          throw;
-        }
+        auto [inputs, o] = prepare(*pre, items, out, pinned);
+        const size_t n = inputs->spans.size();
         BatchResult result;
         {
           nb::gil_scoped_release release;
-          result = run_batch(*pool(), pre, inputs.spans, o.data);
+          result = run_batch(*pool(), pre, inputs->spans, o.data);
         }
-        inputs.release();
+        inputs->release();
         return std::make_pair(wrap_output(*pre, n, o, numpy), error_list(result));
       },
       nb::arg("pre"), nb::arg("items"), nb::arg("out").none(), nb::arg("pinned"),
@@ -304,15 +241,8 @@ void register_image(nb::module_& m) {
       "submit_batch",
       [](std::shared_ptr<Preprocessor> pre, nb::handle items, nb::handle out, bool pinned,
          nb::callable callback) {
-        auto inputs = std::make_shared<Inputs>(items);
+        auto [inputs, o] = prepare(*pre, items, out, pinned);
         const size_t n = inputs->spans.size();
-        Output o;
-        try {
-          o = prepare_output(*pre, n, out, pinned);
-        } catch (...) {
-          inputs->release();
-          throw;
-        }
         // The completion holds the callback, the inputs and the output until it runs.
         auto cb = std::make_shared<nb::object>(std::move(callback));
         std::vector<ByteSpan> spans = inputs->spans;
