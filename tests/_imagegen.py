@@ -145,3 +145,16 @@ def parse_pnm(data: bytes) -> U8:
     if channels == 1:
         body = np.repeat(body, 3, axis=2)
     return np.array(body, dtype=np.uint8)
+
+
+# The Pillow transpose that displays a stored image with EXIF orientation k (None for 1).
+TRANSPOSE: dict[int, Image.Transpose | None] = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}

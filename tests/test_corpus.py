@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
-from _imagegen import pillow_rgb
+from _imagegen import TRANSPOSE, pillow_rgb
 from _reference import zero_pixel_value
 from _support import (
     corpus_bytes,
@@ -59,16 +59,6 @@ EXPECTED_ERROR: dict[str, type[stoker.ImageError]] = {
     "pillow__truncated_jpeg.jpg": stoker.CorruptImageError,
 }
 MAY_DECODE = {"pillow__ultrahdr.jpg"}
-
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 def _is_gray16(entry: dict[str, Any]) -> bool:
@@ -141,9 +131,9 @@ def test_corpus_jpeg_matches_djpeg(entry: dict[str, Any]) -> None:
     require_djpeg()
     data = corpus_bytes(entry)
     want = djpeg_decode(data)
-    orientation = _pillow_orientation(data)
-    if orientation != 1:
-        want = np.array(Image.fromarray(want).transpose(_TRANSPOSE[orientation]))
+    transpose = TRANSPOSE[_pillow_orientation(data)]
+    if transpose is not None:
+        want = np.array(Image.fromarray(want).transpose(transpose))
     got = stoker.decode(data)
     assert got.shape == want.shape
     assert np.array_equal(got, want), f"{corpus_name(entry)}: max diff {_max_diff(got, want)}"

@@ -19,6 +19,7 @@ import numpy.typing as npt
 import pytest
 import torch
 from _imagegen import (
+    TRANSPOSE,
     encode_jpeg,
     encode_png,
     encode_webp,
@@ -32,17 +33,6 @@ from _support import jpeg_tolerance_vs_pillow, png_chunk, raw_png
 from PIL import Image
 
 import stoker
-
-TRANSPOSE = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 U8 = npt.NDArray[np.uint8]
 H, W = 45, 77  # odd and non-square, so every transpose is distinguishable
