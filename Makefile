@@ -8,7 +8,7 @@ NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find csrc/core csrc/bind
 ASAN_BUILD := build/asan
 CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: setup build demo test native-test py-test lint format stubs bench clean
+.PHONY: setup build demo test native-test py-test lint format stubs bench bench-native clean
 
 setup: $(STAMPS)/built
 
@@ -64,6 +64,13 @@ stubs: setup
 bench: setup
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
 	$(PY) benchmarks/bench_preprocess.py
+
+# Native microbenchmarks (Release build, no sanitizers).
+bench-native: $(STAMPS)/system
+	cmake -S . -B build/bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTOKER_BUILD_PYTHON=OFF \
+	  -DSTOKER_BUILD_BENCHMARKS=ON -DCMAKE_MAKE_PROGRAM=$(abspath .venv/bin/ninja) > /dev/null
+	cmake --build build/bench -j 2
+	build/bench/bench_batcher
 
 clean:
 	rm -rf build $(STAMPS) .venv
