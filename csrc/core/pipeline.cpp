@@ -87,25 +87,27 @@ void emit(const uint8_t* rgb, int j, int height, int width, Layout layout, T* ou
 
 }  // namespace
 
-void Preprocessor::fill_padding(void* out) const {
+void Preprocessor::emit_row(const uint8_t* rgb, int j, void* out) const {
   const int h = spec_.out_height(), w = spec_.out_width();
-  std::vector<uint8_t> zeros(size_t(w) * 3, 0);
-  for (int j = 0; j < h; ++j) {
-    switch (spec_.dtype) {
-      case DType::kUInt8:
-        emit(zeros.data(), j, h, w, spec_.layout, static_cast<uint8_t*>(out),
-             [](int, uint8_t v) { return v; });
-        break;
-      case DType::kFloat32:
-        emit(zeros.data(), j, h, w, spec_.layout, static_cast<float*>(out),
-             [this](int c, uint8_t v) { return lut_f32_[size_t(c)][v]; });
-        break;
-      default:
-        emit(zeros.data(), j, h, w, spec_.layout, static_cast<uint16_t*>(out),
-             [this](int c, uint8_t v) { return lut_u16_[size_t(c)][v]; });
-        break;
-    }
+  switch (spec_.dtype) {
+    case DType::kUInt8:
+      emit(rgb, j, h, w, spec_.layout, static_cast<uint8_t*>(out),
+           [](int, uint8_t v) { return v; });
+      break;
+    case DType::kFloat32:
+      emit(rgb, j, h, w, spec_.layout, static_cast<float*>(out),
+           [this](int c, uint8_t v) { return lut_f32_[size_t(c)][v]; });
+      break;
+    default:
+      emit(rgb, j, h, w, spec_.layout, static_cast<uint16_t*>(out),
+           [this](int c, uint8_t v) { return lut_u16_[size_t(c)][v]; });
+      break;
   }
+}
+
+void Preprocessor::fill_padding(void* out) const {
+  const std::vector<uint8_t> zeros(size_t(spec_.out_width()) * 3, 0);
+  for (int j = 0; j < spec_.out_height(); ++j) emit_row(zeros.data(), j, out);
 }
 
 void Preprocessor::run(const uint8_t* data, size_t size, void* out, Scratch& scratch,
@@ -210,20 +212,7 @@ void Preprocessor::process(const uint8_t* data, size_t size, void* out, Scratch&
       std::memset(line, 0, size_t(bx - off_x) * 3);
       std::memset(kept + row_bytes, 0, size_t(off_x + out_w - ex) * 3);
     }
-    switch (spec_.dtype) {
-      case DType::kUInt8:
-        emit(line, j, out_h, out_w, spec_.layout, static_cast<uint8_t*>(out),
-             [](int, uint8_t v) { return v; });
-        break;
-      case DType::kFloat32:
-        emit(line, j, out_h, out_w, spec_.layout, static_cast<float*>(out),
-             [this](int c, uint8_t v) { return lut_f32_[size_t(c)][v]; });
-        break;
-      default:
-        emit(line, j, out_h, out_w, spec_.layout, static_cast<uint16_t*>(out),
-             [this](int c, uint8_t v) { return lut_u16_[size_t(c)][v]; });
-        break;
-    }
+    emit_row(line, j, out);
   }
   result.resize_us = micros_since(t1);
 }

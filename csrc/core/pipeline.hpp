@@ -40,6 +40,8 @@ class Preprocessor {
  private:
   void process(const uint8_t* data, size_t size, void* out, Scratch& scratch,
                ItemResult& result) const;
+  // Writes RGB row j of the output item in the spec's layout and dtype.
+  void emit_row(const uint8_t* rgb, int j, void* out) const;
   void fill_padding(void* out) const;
 
   Spec spec_;
