@@ -17,5 +17,6 @@ HostArena& arena();
 
 void register_image(nb::module_& m);
 void register_runtime(nb::module_& m);
+void register_engine(nb::module_& m);
 
 }  // namespace stoker::bindings

@@ -7,4 +7,5 @@ NB_MODULE(_native, m) {
   nanobind::set_leak_warnings(false);
   stoker::bindings::register_image(m);
   stoker::bindings::register_runtime(m);
+  stoker::bindings::register_engine(m);
 }

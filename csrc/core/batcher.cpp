@@ -21,14 +21,15 @@ Batcher::Batcher(BatcherConfig config) : config_(std::move(config)) {
   std::sort(config_.preferred_sizes.begin(), config_.preferred_sizes.end());
 }
 
-Admission Batcher::submit(uint64_t id, Priority priority, SteadyClock::time_point deadline) {
+Admission Batcher::submit(uint64_t id, Priority priority, SteadyClock::time_point deadline,
+                          const uint8_t* data, size_t size) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (closed_) return Admission::kClosed;
     if (waiting_ >= config_.capacity) return Admission::kFull;
     if (index_.count(id) != 0) return Admission::kDuplicate;
     Queue& q = queues_[size_t(priority)];
-    q.push_back(Request{id, priority, SteadyClock::now(), deadline});
+    q.push_back(Request{id, priority, SteadyClock::now(), deadline, data, size});
     index_.emplace(id, std::prev(q.end()));
     ++waiting_;
     earliest_deadline_ = std::min(earliest_deadline_, deadline);

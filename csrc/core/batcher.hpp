@@ -35,6 +35,9 @@ struct Request {
   Priority priority = Priority::kNormal;
   SteadyClock::time_point enqueued;
   SteadyClock::time_point deadline = SteadyClock::time_point::max();
+  // The request's bytes, borrowed: the submitter keeps them alive until the request is answered.
+  const uint8_t* data = nullptr;
+  size_t size = 0;
 };
 
 class Batcher {
@@ -42,7 +45,8 @@ class Batcher {
   explicit Batcher(BatcherConfig config);
 
   Admission submit(uint64_t id, Priority priority,
-                   SteadyClock::time_point deadline = SteadyClock::time_point::max());
+                   SteadyClock::time_point deadline = SteadyClock::time_point::max(),
+                   const uint8_t* data = nullptr, size_t size = 0);
   // Removes a request that is still waiting; false when it was already handed out or unknown.
   bool cancel(uint64_t id);
   // Blocks until there is a batch or expired requests to hand out, or the batcher is closed and

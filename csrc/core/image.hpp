@@ -91,6 +91,10 @@ class Buffer {
   std::vector<uint8_t> data_;
 };
 
+// True for a JPEG that a GPU decoder turns into the same pixels as the CPU path: 8-bit sequential
+// Huffman, three YCbCr components, upright. Reads marker segments only.
+bool jpeg_gpu_friendly(const uint8_t* data, size_t size);
+
 // Reads the header and orientation; throws ImageError (kEmpty, kUnsupported, kCorrupt, kTooLarge).
 ImageInfo read_info(const uint8_t* data, size_t size, int64_t max_pixels);
 
