@@ -7,9 +7,13 @@ from typing import Any
 __all__ = [
     "BatchError",
     "CorruptImageError",
+    "DeadlineExceededError",
     "EmptyImageError",
+    "EngineClosedError",
+    "EngineError",
     "ImageError",
     "ImageTooLargeError",
+    "QueueFullError",
     "UnsupportedImageError",
 ]
 
@@ -72,3 +76,19 @@ class BatchError(ValueError):
         shown = "; ".join(str(e) for e in list(errors.values())[:5])
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         super().__init__(f"{len(errors)} image(s) failed: {shown}{more}")
+
+
+class EngineError(RuntimeError):
+    """A request the engine did not run."""
+
+
+class QueueFullError(EngineError):
+    """The engine's queue is at capacity; the request was rejected at once (HTTP 503)."""
+
+
+class DeadlineExceededError(EngineError, TimeoutError):
+    """The request's deadline passed while it waited; it was never run (HTTP 504)."""
+
+
+class EngineClosedError(EngineError):
+    """The engine is closed or closing and takes no more requests."""

@@ -93,6 +93,11 @@ def _pinned(pin_memory: bool | None, out: Any) -> bool:
     return True
 
 
+def enable_pinning() -> bool:
+    """Page-lock arena blocks through the CUDA runtime torch loaded; False where there is none."""
+    return _pinned(None, None)
+
+
 def _failures(errors: list[tuple[int, str, str]], output: Any) -> BatchError | None:
     if not errors:
         return None

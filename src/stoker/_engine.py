@@ -1,0 +1,396 @@
+"""The engine: single requests in, batched native preprocessing, the model, answers out.
+
+Three threads of Python run per engine: callers (any thread, or an asyncio loop) submit bytes to
+the native feeder; the device thread takes prepared batches and launches them; the completion
+thread waits for each batch, postprocesses it once and answers its requests, waking each asyncio
+loop once per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import replace
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+
+from stoker import _native
+from stoker._errors import (
+    DeadlineExceededError,
+    EngineClosedError,
+    QueueFullError,
+    image_error,
+)
+from stoker._models import ModelLike, load_model
+from stoker._preprocess import enable_pinning
+from stoker._runner import CpuRunner, CudaRunner, Flight, buckets_for
+from stoker._spec import ImageSpec
+from stoker._stats import HistogramSnapshot, StageStats, Timings
+
+__all__ = ["Engine"]
+
+Priority = Literal["normal", "high"]
+Postprocess = Callable[[Any], Sequence[Any]]
+_Waiter = asyncio.Future[Any] | Future[Any]
+
+
+class _Pending:
+    __slots__ = ("loop", "payload", "timed", "waiter")
+
+    def __init__(
+        self, waiter: _Waiter, payload: bytes, loop: asyncio.AbstractEventLoop | None, timed: bool
+    ) -> None:
+        self.waiter = waiter
+        self.payload = payload
+        self.loop = loop
+        self.timed = timed
+
+
+def _rows(output: Any) -> Sequence[Any]:
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"the model returned {type(output).__name__}; give the engine a postprocess that "
+            "splits it into one result per request"
+        )
+    return list(output.cpu().unbind(0))
+
+
+def _settle(waiter: _Waiter, error: BaseException | None, value: Any) -> None:
+    if waiter.done():  # cancelled by its caller
+        return
+    try:
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(value)
+    except (InvalidStateError, asyncio.InvalidStateError):
+        pass
+
+
+def _settle_all(outcomes: list[tuple[_Waiter, BaseException | None, Any]]) -> None:
+    for waiter, error, value in outcomes:
+        _settle(waiter, error, value)
+
+
+class Engine:
+    """Dynamic batching and inference for one model on one device; see docs/engine.md."""
+
+    def __init__(
+        self,
+        model: ModelLike,
+        preprocess: ImageSpec | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        weights: str | None = None,
+        max_batch_size: int = 32,
+        max_delay_ms: float = 2.0,
+        preferred_batch_sizes: Sequence[int] | None = None,
+        capacity: int = 4096,
+        postprocess: Postprocess | None = None,
+        channels_last: bool | None = None,
+        cuda_graphs: bool = True,
+        staging_slots: int = 3,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if not max_delay_ms >= 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}")
+        if staging_slots < 2:
+            raise ValueError(f"staging_slots must be at least 2, got {staging_slots}")
+        self.spec = preprocess if preprocess is not None else ImageSpec()
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        if cuda and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device.type!r}")
+        if channels_last is None:
+            channels_last = cuda
+        self.max_batch_size = max_batch_size
+        self._postprocess = postprocess or _rows
+        self._model = load_model(
+            model, weights=weights, device=self.device, dtype=dtype, channels_last=channels_last
+        )
+        # On a GPU the slots carry uint8 NHWC, the cheapest to make and to copy; normalization
+        # and layout happen on the device.
+        staging = (
+            replace(self.spec, layout="NHWC", dtype="uint8", mean=None, std=None)
+            if cuda
+            else self.spec
+        )
+        pinned = enable_pinning() if cuda else False
+        self._feeder = _native.Feeder(
+            staging._native,
+            max_batch_size,
+            round(max_delay_ms * 1000),
+            sorted(set(preferred_batch_sizes or ())),
+            capacity,
+            staging_slots,
+            pinned,
+        )
+        slots = [self._feeder.slot(i) for i in range(staging_slots)]
+        self._runner: CpuRunner | CudaRunner
+        if cuda:
+            self._runner = CudaRunner(
+                self._model,
+                self.spec,
+                slots,
+                max_batch_size,
+                self.device,
+                dtype,
+                channels_last,
+                buckets_for(max_batch_size, preferred_batch_sizes),
+                cuda_graphs,
+                None,
+            )
+        else:
+            self._runner = CpuRunner(
+                self._model, staging, slots, max_batch_size, dtype, channels_last
+            )
+        self._stats = StageStats()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._flights: queue.SimpleQueue[tuple[Any, Flight, int] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._device_loop, name="stoker-device", daemon=True),
+            threading.Thread(target=self._completion_loop, name="stoker-completion", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        self._finalizer = weakref.finalize(self, _shutdown, self._feeder, self._threads)
+
+    # --- callers ---------------------------------------------------------------------------
+
+    def _submit(
+        self,
+        image: bytes | bytearray | memoryview,
+        priority: Priority,
+        timeout_ms: float | None,
+        loop: asyncio.AbstractEventLoop | None,
+        timed: bool,
+    ) -> tuple[int, _Waiter]:
+        data = image if type(image) is bytes else bytes(image)
+        if priority not in ("normal", "high"):
+            raise ValueError(f"priority must be 'normal' or 'high', got {priority!r}")
+        deadline = 0
+        if timeout_ms is not None:
+            if not timeout_ms > 0:
+                raise ValueError(f"timeout_ms must be positive, got {timeout_ms}")
+            deadline = time.monotonic_ns() + int(timeout_ms * 1e6)
+        rid = next(self._ids)
+        waiter: _Waiter = loop.create_future() if loop is not None else Future()
+        self._pending[rid] = _Pending(waiter, data, loop, timed)
+        code = self._feeder.submit(rid, data, priority == "high", deadline)
+        if code != 0:
+            del self._pending[rid]
+            if code == 1:
+                raise QueueFullError(f"queue full ({self._feeder.waiting} waiting)")
+            raise EngineClosedError("the engine is closed")
+        return rid, waiter
+
+    def _cancel(self, rid: int) -> None:
+        # Still queued: it never runs. Already batched: its answer is dropped on arrival.
+        if self._feeder.cancel(rid):
+            self._pending.pop(rid, None)
+
+    async def infer(
+        self,
+        image: bytes | bytearray | memoryview,
+        *,
+        priority: Priority = "normal",
+        timeout_ms: float | None = None,
+    ) -> Any:
+        """This image's result; cancelling the awaiting task removes a queued request."""
+        rid, waiter = self._submit(image, priority, timeout_ms, asyncio.get_running_loop(), False)
+        try:
+            return await waiter  # type: ignore[misc]
+        except asyncio.CancelledError:
+            self._cancel(rid)
+            raise
+
+    async def infer_timed(
+        self,
+        image: bytes | bytearray | memoryview,
+        *,
+        priority: Priority = "normal",
+        timeout_ms: float | None = None,
+    ) -> tuple[Any, Timings]:
+        """``infer`` plus where this request's time went."""
+        rid, waiter = self._submit(image, priority, timeout_ms, asyncio.get_running_loop(), True)
+        try:
+            result: tuple[Any, Timings] = await waiter  # type: ignore[misc]
+        except asyncio.CancelledError:
+            self._cancel(rid)
+            raise
+        return result
+
+    def submit(
+        self,
+        image: bytes | bytearray | memoryview,
+        *,
+        priority: Priority = "normal",
+        timeout_ms: float | None = None,
+        timed: bool = False,
+    ) -> Future[Any]:
+        """A concurrent.futures.Future of the result (of ``(result, Timings)`` when ``timed``)."""
+        rid, waiter = self._submit(image, priority, timeout_ms, None, timed)
+        waiter = cast(Future[Any], waiter)
+        waiter.add_done_callback(lambda f: self._cancel(rid) if f.cancelled() else None)
+        return waiter
+
+    def infer_sync(
+        self,
+        image: bytes | bytearray | memoryview,
+        *,
+        priority: Priority = "normal",
+        timeout_ms: float | None = None,
+    ) -> Any:
+        """The blocking form of ``infer``, for threads."""
+        return self.submit(image, priority=priority, timeout_ms=timeout_ms).result()
+
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued and not yet batched."""
+        return int(self._feeder.waiting)
+
+    def stats(self) -> dict[str, HistogramSnapshot]:
+        """Latency histograms (µs) per stage since start or the last ``reset_stats``."""
+        return self._stats.snapshot()
+
+    def reset_stats(self) -> None:
+        self._stats.reset()
+
+    def close(self) -> None:
+        """Stop taking requests, answer every queued one, and stop the engine's threads."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer()
+        leftover, self._pending = self._pending, {}
+        for p in leftover.values():
+            _settle(p.waiter, EngineClosedError("the engine closed"), None)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- engine threads --------------------------------------------------------------------
+
+    def _device_loop(self) -> None:
+        feeder = self._feeder
+        while (batch := feeder.next()) is not None:
+            picked = time.monotonic_ns()
+            if batch.expired_ids.size:
+                self._expire(batch.expired_ids)
+            if batch.slot < 0:
+                continue
+            try:
+                deferred = list(batch.deferred)
+                payloads = [self._payload(int(batch.ids[r])) for r in deferred]
+                flight = self._runner.launch(batch.slot, batch.size, deferred, payloads)
+            except Exception as e:  # the model failed: this batch fails, the engine goes on
+                feeder.release(batch.slot)
+                self._fail(batch.ids, e)
+                continue
+            feeder.release(batch.slot)
+            self._flights.put((batch, flight, picked))
+        self._flights.put(None)
+
+    def _payload(self, rid: int) -> bytes:
+        p = self._pending.get(rid)
+        return p.payload if p is not None else b""
+
+    def _completion_loop(self) -> None:
+        while (item := self._flights.get()) is not None:
+            batch, flight, picked = item
+            start = time.perf_counter_ns()
+            try:
+                results = self._runner.finish(flight, self._postprocess)
+                if len(results) != flight.n:
+                    raise ValueError(
+                        f"postprocess returned {len(results)} results for {flight.n} requests"
+                    )
+            except Exception as e:
+                self._fail(batch.ids, e)
+                continue
+            post_us = (time.perf_counter_ns() - start) / 1000
+            self._answer(batch, flight, results, picked, post_us)
+
+    def _expire(self, ids: np.ndarray[Any, Any]) -> None:
+        for rid in ids.tolist():
+            p = self._pending.pop(rid, None)
+            if p is not None:
+                self._deliver([(p, DeadlineExceededError("deadline passed in the queue"), None)])
+
+    def _fail(self, ids: np.ndarray[Any, Any], error: Exception) -> None:
+        outcomes = []
+        for rid in ids.tolist():
+            p = self._pending.pop(rid, None)
+            if p is not None:
+                outcomes.append((p, error, None))
+        self._deliver(outcomes)
+
+    def _answer(
+        self, batch: Any, flight: Flight, results: Sequence[Any], picked: int, post_us: float
+    ) -> None:
+        n = flight.n
+        now = time.monotonic_ns()
+        enqueued = batch.enqueued_ns
+        queue_us = (batch.formed_ns - enqueued) // 1000
+        total_us = (now - enqueued) // 1000
+        waited = (batch.prep_start_ns - batch.formed_ns + picked - batch.prep_end_ns) / 1000
+        prep = (batch.prep_end_ns - batch.prep_start_ns) / 1000 + flight.decode_us
+        shared = (waited, prep, flight.h2d_us, flight.compute_us, post_us)
+        stats = self._stats
+        stats.record("queue", queue_us)
+        stats.record("total", total_us)
+        for name, value in zip(("batch", "preprocess", "h2d", "compute", "postprocess"), shared):
+            stats.record(name, np.full(n, int(value), dtype=np.int64))
+        stats.record_batch(n)
+        errors: dict[int, BaseException] = {r: image_error(k, m) for r, k, m in batch.errors}
+        errors.update(flight.failed)
+        outcomes = []
+        for row, rid in enumerate(batch.ids.tolist()):
+            p = self._pending.pop(rid, None)
+            if p is None:
+                continue
+            value = results[row]
+            if p.timed:
+                value = (value, Timings(float(queue_us[row]), *shared, float(total_us[row]), n))
+            outcomes.append((p, errors.get(row), value))
+        self._deliver(outcomes)
+
+    def _deliver(self, outcomes: list[tuple[_Pending, BaseException | None, Any]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Waiter, BaseException | None, Any]]]
+        by_loop = {}
+        for p, error, value in outcomes:
+            if p.loop is None:
+                _settle(p.waiter, error, value)
+            else:
+                by_loop.setdefault(p.loop, []).append((p.waiter, error, value))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_all, items)
+            except RuntimeError:  # the caller's loop has closed; nobody waits for these
+                pass
+
+
+def _shutdown(feeder: Any, threads: list[threading.Thread]) -> None:
+    feeder.close()
+    for t in threads:
+        if t is not threading.current_thread():
+            t.join()

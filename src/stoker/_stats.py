@@ -1,0 +1,99 @@
+"""Per-stage latency accounting: native histograms per stage and per-request timings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from stoker import _native
+
+__all__ = ["STAGES", "HistogramSnapshot", "StageStats", "Timings"]
+
+STAGES: tuple[str, ...] = ("queue", "batch", "preprocess", "h2d", "compute", "postprocess", "total")
+"""Stages of a request, in order; ``total`` runs from submission to the answer."""
+
+_UPPER_BOUNDS: npt.NDArray[np.uint64] = np.asarray(_native.Histogram.upper_bounds())
+
+
+class Timings(NamedTuple):
+    """Microseconds one request spent in each stage, and the size of the batch it ran in.
+
+    ``queue``: waiting in the batcher; ``batch``: from the batch's hand-out to preprocessing, plus
+    waiting for the device loop; ``preprocess``: the batch's decode/resize (CPU, and GPU decode of
+    deferred images); ``h2d`` and ``compute``: CUDA event times on GPU (host clock on CPU);
+    ``postprocess``: the postprocess callable; ``total``: submission to answer.
+    """
+
+    queue: float
+    batch: float
+    preprocess: float
+    h2d: float
+    compute: float
+    postprocess: float
+    total: float
+    batch_size: int
+
+    def server_timing(self) -> str:
+        """The stages as an HTTP ``Server-Timing`` header value (durations in milliseconds)."""
+        return ", ".join(f"{name};dur={getattr(self, name) / 1000:.3f}" for name in STAGES)
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    """Counts per bucket; ``upper_bounds[i]`` is the largest value (µs) bucket ``i`` holds."""
+
+    counts: npt.NDArray[np.uint64]
+    count: int
+    sum: int
+    max: int
+
+    @property
+    def upper_bounds(self) -> npt.NDArray[np.uint64]:
+        return _UPPER_BOUNDS
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count if self.count else 0.0
+
+    def quantile(self, q: float) -> float:
+        """Upper edge of the bucket holding the q-quantile (within 12.5% of the true value)."""
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"q must be in [0, 1], got {q}")
+        if self.count == 0:
+            return 0.0
+        rank = max(1, int(np.ceil(q * self.count)))
+        bucket = int(np.searchsorted(np.cumsum(self.counts), rank))
+        return float(min(int(_UPPER_BOUNDS[bucket]), self.max))
+
+
+class StageStats:
+    """One native histogram per stage plus one of batch sizes; recording never takes a lock."""
+
+    def __init__(self) -> None:
+        self._stages = {name: _native.Histogram() for name in STAGES}
+        self._batch_sizes = _native.Histogram()
+
+    def record(self, stage: str, values_us: npt.NDArray[np.int64]) -> None:
+        self._stages[stage].record_many(values_us)
+
+    def record_batch(self, size: int) -> None:
+        self._batch_sizes.record(size)
+
+    def snapshot(self) -> dict[str, HistogramSnapshot]:
+        """Every stage's histogram, plus ``batch_size`` (in items, not µs)."""
+        out = {name: _snapshot(h) for name, h in self._stages.items()}
+        out["batch_size"] = _snapshot(self._batch_sizes)
+        return out
+
+    def reset(self) -> None:
+        for h in self._stages.values():
+            h.reset()
+        self._batch_sizes.reset()
+
+
+def _snapshot(h: _native.Histogram) -> HistogramSnapshot:
+    counts, count, total, peak = h.snapshot()
+    return HistogramSnapshot(np.asarray(counts), int(count), int(total), int(peak))
