@@ -2,6 +2,7 @@
 // borrowed bytes objects that the Python engine keeps alive until it answers them; waiting for a
 // batch releases the GIL, and a batch crosses into Python as one object with array fields.
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
@@ -10,6 +11,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -56,7 +58,7 @@ std::shared_ptr<Feeder> make_feeder(std::shared_ptr<Preprocessor> pre, size_t ma
 void register_engine(nb::module_& m) {
   nb::class_<PreparedBatch>(m, "PreparedBatch", "A preprocessed batch in a staging slot.")
       .def_ro("sequence", &PreparedBatch::sequence)
-      .def_ro("slot", &PreparedBatch::slot, "Staging slot index; -1 when only expired requests.")
+      .def_ro("slot", &PreparedBatch::slot, "Index of the staging slot holding the batch.")
       .def_prop_ro("size", [](const PreparedBatch& b) { return b.requests.size(); })
       .def_prop_ro(
           "ids",
@@ -69,12 +71,6 @@ void register_engine(nb::module_& m) {
           [](const PreparedBatch& b) {
             return column<int64_t>(b.requests,
                                    [](const Request& r) { return steady_ns(r.enqueued); });
-          },
-          nb::rv_policy::move)
-      .def_prop_ro(
-          "expired_ids",
-          [](const PreparedBatch& b) {
-            return column<uint64_t>(b.expired, [](const Request& r) { return r.id; });
           },
           nb::rv_policy::move)
       .def_ro("deferred", &PreparedBatch::deferred, "Rows left for the GPU decoder.")
@@ -109,8 +105,8 @@ void register_engine(nb::module_& m) {
                                 static_cast<const uint8_t*>(data.data()), data.size()));
           },
           nb::arg("id"), nb::arg("data"), nb::arg("high"), nb::arg("deadline_ns"),
-          "Queue a request (the caller keeps `data` alive until it is answered). Returns 0 "
-          "accepted, 1 queue full, 2 closed, 3 duplicate id.")
+          "Queue a request; the caller keeps `data` alive until it is answered.\n"
+          "Returns 0 accepted, 1 queue full, 2 closed, 3 duplicate id.")
       .def("cancel", &Feeder::cancel, nb::arg("id"),
            "Remove a waiting request; False when it already left the queue.")
       .def(
@@ -126,6 +122,19 @@ void register_engine(nb::module_& m) {
             return batch;
           },
           "Wait for the next prepared batch; None once closed and drained.")
+      .def(
+          "next_expired",
+          [](Feeder& f) -> std::optional<nb::ndarray<nb::numpy, uint64_t>> {
+            std::vector<Request> expired;
+            bool got;
+            {
+              nb::gil_scoped_release release;
+              got = f.next_expired(expired);
+            }
+            if (!got) return std::nullopt;
+            return column<uint64_t>(expired, [](const Request& r) { return r.id; });
+          },
+          "Wait for ids of requests that expired in the queue; None once closed.")
       .def("release", &Feeder::release, nb::arg("slot"), "Return a staging slot to the ring.")
       .def("close", &Feeder::close, "Stop admissions; queued requests are still handed out.")
       .def("set_gpu_share", &Feeder::set_gpu_share, nb::arg("share"))

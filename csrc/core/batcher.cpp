@@ -64,6 +64,13 @@ void Batcher::close() {
   cv_.notify_all();
 }
 
+SteadyClock::time_point Batcher::expire(SteadyClock::time_point now,
+                                        std::vector<Request>& expired) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  take_expired(now, expired);
+  return earliest_deadline_;
+}
+
 size_t Batcher::waiting() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return waiting_;

@@ -53,6 +53,9 @@ class Batcher {
   // drained (then returns false). `batch` holds high-priority requests first, each level in
   // arrival order.
   bool next(std::vector<Request>& batch, std::vector<Request>& expired);
+  // Hands out requests whose deadline passed without forming a batch; returns a time before
+  // which no other waiting request expires.
+  SteadyClock::time_point expire(SteadyClock::time_point now, std::vector<Request>& expired);
   // Wakes every waiter; requests still queued are handed out as batches without further delay.
   void close();
   size_t waiting() const;

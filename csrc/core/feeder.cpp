@@ -47,7 +47,16 @@ bool Feeder::pinned() const {
 
 Admission Feeder::submit(uint64_t id, Priority priority, SteadyClock::time_point deadline,
                          const uint8_t* data, size_t size) {
-  return batcher_.submit(id, priority, deadline, data, size);
+  const Admission a = batcher_.submit(id, priority, deadline, data, size);
+  if (a == Admission::kAccepted && deadline != SteadyClock::time_point::max()) {
+    // A dispatcher waiting for a slot must still answer this request when it expires.
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++deadline_epoch_;
+    }
+    free_cv_.notify_all();
+  }
+  return a;
 }
 
 void Feeder::set_gpu_share(double share) {
@@ -79,13 +88,58 @@ bool Feeder::next(PreparedBatch& out) {
   return true;
 }
 
-void Feeder::push_ready(PreparedBatch&& batch, bool finished_prep) {
+void Feeder::push_ready(PreparedBatch&& batch) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     ready_.push_back(std::move(batch));
-    if (finished_prep) --in_flight_;
+    --in_flight_;
   }
   ready_cv_.notify_all();
+}
+
+void Feeder::push_expired(std::vector<Request>&& expired) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    expired_.insert(expired_.end(), expired.begin(), expired.end());
+  }
+  ready_cv_.notify_all();
+}
+
+bool Feeder::next_expired(std::vector<Request>& out) {
+  out.clear();
+  std::unique_lock<std::mutex> lock(mutex_);
+  ready_cv_.wait(lock, [this] { return !expired_.empty() || dispatcher_done_; });
+  out.swap(expired_);
+  return !out.empty();
+}
+
+int Feeder::acquire_slot() {
+  std::vector<Request> expired;
+  for (;;) {
+    uint64_t epoch;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      epoch = deadline_epoch_;
+    }
+    const SteadyClock::time_point wake = batcher_.expire(SteadyClock::now(), expired);
+    if (!expired.empty()) {
+      push_expired(std::move(expired));
+      expired = {};
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (aborting_) return -1;
+    if (!free_slots_.empty()) {
+      const int slot = free_slots_.back();
+      free_slots_.pop_back();
+      return slot;
+    }
+    if (epoch != deadline_epoch_) continue;
+    if (wake == SteadyClock::time_point::max()) {
+      free_cv_.wait(lock);
+    } else {
+      free_cv_.wait_until(lock, wake);
+    }
+  }
 }
 
 void Feeder::dispatch_loop() {
@@ -93,20 +147,11 @@ void Feeder::dispatch_loop() {
   for (;;) {
     // Taking a slot first keeps requests in the batcher while the ring is busy, so they join
     // fuller batches instead of leaving early in small ones.
-    int slot = -1;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      free_cv_.wait(lock, [this] { return !free_slots_.empty() || aborting_; });
-      if (aborting_) break;
-      slot = free_slots_.back();
-      free_slots_.pop_back();
-    }
+    const int slot = acquire_slot();
+    if (slot < 0) break;
     const bool more = batcher_.next(batch, expired);
     if (!expired.empty()) {
-      PreparedBatch e;
-      e.expired = std::move(expired);
-      e.formed_ns = steady_ns(SteadyClock::now());
-      push_ready(std::move(e), false);
+      push_expired(std::move(expired));
       expired = {};
     }
     if (batch.empty()) {
@@ -169,7 +214,7 @@ void Feeder::prepare(int slot, std::vector<Request>&& requests) {
       },
       [this, state] {
         state->prep_end_ns = steady_ns(SteadyClock::now());
-        push_ready(std::move(*state), true);
+        push_ready(std::move(*state));
       });
 }
 

@@ -32,12 +32,11 @@ int64_t steady_ns(SteadyClock::time_point t);
 
 struct PreparedBatch {
   uint64_t sequence = 0;
-  int slot = -1;                  // -1: the entry only hands back expired requests
+  int slot = -1;
   std::vector<Request> requests;  // row i of the slot belongs to requests[i]
   std::vector<ItemResult> items;
   std::vector<uint32_t> deferred;  // rows left for the GPU decoder, untouched in the slot
-  std::vector<Request> expired;
-  int64_t formed_ns = 0;  // the batcher handed the batch out
+  int64_t formed_ns = 0;           // the batcher handed the batch out
   int64_t prep_start_ns = 0;
   int64_t prep_end_ns = 0;
 };
@@ -54,8 +53,11 @@ class Feeder {
   Admission submit(uint64_t id, Priority priority, SteadyClock::time_point deadline,
                    const uint8_t* data, size_t size);
   bool cancel(uint64_t id) { return batcher_.cancel(id); }
-  // Blocks until a prepared batch or expired requests are ready; false once closed and drained.
+  // Blocks until a prepared batch is ready; false once closed and drained.
   bool next(PreparedBatch& out);
+  // Blocks until requests expire in the queue (they are never batched); false once closed. Kept
+  // apart from next() so that expirations are answered while the consumer is busy.
+  bool next_expired(std::vector<Request>& out);
   void release(int slot);
   // Stops admissions; requests already queued are still prepared and handed out.
   void close();
@@ -73,7 +75,10 @@ class Feeder {
  private:
   void dispatch_loop();
   void prepare(int slot, std::vector<Request>&& batch);
-  void push_ready(PreparedBatch&& batch, bool finished_prep);
+  void push_ready(PreparedBatch&& batch);
+  void push_expired(std::vector<Request>&& expired);
+  // Waits for a free slot, answering expirations meanwhile; -1 when aborting.
+  int acquire_slot();
 
   Batcher batcher_;
   std::shared_ptr<const Preprocessor> pre_;
@@ -89,9 +94,11 @@ class Feeder {
   std::condition_variable ready_cv_;
   std::vector<int> free_slots_;
   std::deque<PreparedBatch> ready_;
+  std::vector<Request> expired_;
   size_t in_flight_ = 0;  // batches being preprocessed
   bool dispatcher_done_ = false;
   bool aborting_ = false;
+  uint64_t deadline_epoch_ = 0;  // bumped by each submission that carries a deadline
   std::thread dispatcher_;
 };
 

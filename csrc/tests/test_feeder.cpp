@@ -150,11 +150,33 @@ TEST(Feeder, ExpiredRequestsComeBackWithoutASlot) {
   const test::Bytes jpeg = test::encode_jpeg(test::make_rgb(64, 48, 1), {});
   Feeder feeder(feeder_config(4, 2), uint8_preprocessor(), pool, arena);
   feeder.submit(1, Priority::kNormal, SteadyClock::now() - 1ms, jpeg.data(), jpeg.size());
+  std::vector<Request> expired;
+  ASSERT_TRUE(feeder.next_expired(expired));
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0].id, 1u);
+  feeder.close();
   PreparedBatch batch;
-  ASSERT_TRUE(feeder.next(batch));
-  EXPECT_EQ(batch.slot, -1);
-  ASSERT_EQ(batch.expired.size(), 1u);
-  EXPECT_EQ(batch.expired[0].id, 1u);
+  EXPECT_FALSE(feeder.next(batch));
+  EXPECT_FALSE(feeder.next_expired(expired));
+}
+
+TEST(Feeder, RequestsExpireWhileEverySlotIsHeld) {
+  auto pool = std::make_shared<ThreadPool>(1);
+  HostArena arena;
+  const test::Bytes jpeg = test::encode_jpeg(test::make_rgb(64, 48, 1), {});
+  Feeder feeder(feeder_config(1, 1), uint8_preprocessor(), pool, arena);
+  feeder.submit(1, Priority::kNormal, SteadyClock::time_point::max(), jpeg.data(), jpeg.size());
+  PreparedBatch held;
+  ASSERT_TRUE(feeder.next(held));
+  const auto start = SteadyClock::now();
+  feeder.submit(2, Priority::kNormal, start + 20ms, jpeg.data(), jpeg.size());
+  std::vector<Request> expired;
+  ASSERT_TRUE(feeder.next_expired(expired));
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0].id, 2u);
+  EXPECT_GE(SteadyClock::now() - start, 20ms);
+  EXPECT_LT(SteadyClock::now() - start, 2s);
+  feeder.release(held.slot);
 }
 
 TEST(Feeder, GpuShareDefersOnlyFriendlyJpegs) {

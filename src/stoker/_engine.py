@@ -9,6 +9,7 @@ loop once per batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import queue
 import threading
@@ -40,6 +41,7 @@ __all__ = ["Engine"]
 Priority = Literal["normal", "high"]
 Postprocess = Callable[[Any], Sequence[Any]]
 _Waiter = asyncio.Future[Any] | Future[Any]
+_SHARED_STAGES = ("batch", "preprocess", "h2d", "compute", "postprocess")
 
 
 class _Pending:
@@ -164,6 +166,7 @@ class Engine:
         self._threads = [
             threading.Thread(target=self._device_loop, name="stoker-device", daemon=True),
             threading.Thread(target=self._completion_loop, name="stoker-completion", daemon=True),
+            threading.Thread(target=self._expiry_loop, name="stoker-expiry", daemon=True),
         ]
         for t in self._threads:
             t.start()
@@ -294,10 +297,6 @@ class Engine:
         feeder = self._feeder
         while (batch := feeder.next()) is not None:
             picked = time.monotonic_ns()
-            if batch.expired_ids.size:
-                self._expire(batch.expired_ids)
-            if batch.slot < 0:
-                continue
             try:
                 deferred = list(batch.deferred)
                 payloads = [self._payload(int(batch.ids[r])) for r in deferred]
@@ -309,6 +308,10 @@ class Engine:
             feeder.release(batch.slot)
             self._flights.put((batch, flight, picked))
         self._flights.put(None)
+
+    def _expiry_loop(self) -> None:
+        while (ids := self._feeder.next_expired()) is not None:
+            self._expire(ids)
 
     def _payload(self, rid: int) -> bytes:
         p = self._pending.get(rid)
@@ -337,7 +340,7 @@ class Engine:
                 self._deliver([(p, DeadlineExceededError("deadline passed in the queue"), None)])
 
     def _fail(self, ids: np.ndarray[Any, Any], error: Exception) -> None:
-        outcomes = []
+        outcomes: list[tuple[_Pending, BaseException | None, Any]] = []
         for rid in ids.tolist():
             p = self._pending.pop(rid, None)
             if p is not None:
@@ -358,7 +361,7 @@ class Engine:
         stats = self._stats
         stats.record("queue", queue_us)
         stats.record("total", total_us)
-        for name, value in zip(("batch", "preprocess", "h2d", "compute", "postprocess"), shared):
+        for name, value in zip(_SHARED_STAGES, shared, strict=True):
             stats.record(name, np.full(n, int(value), dtype=np.int64))
         stats.record_batch(n)
         errors: dict[int, BaseException] = {r: image_error(k, m) for r, k, m in batch.errors}
@@ -383,10 +386,9 @@ class Engine:
             else:
                 by_loop.setdefault(p.loop, []).append((p.waiter, error, value))
         for loop, items in by_loop.items():
-            try:
+            # A closed loop raises RuntimeError: nobody waits for its answers any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle_all, items)
-            except RuntimeError:  # the caller's loop has closed; nobody waits for these
-                pass
 
 
 def _shutdown(feeder: Any, threads: list[threading.Thread]) -> None:

@@ -16,7 +16,7 @@ ModelLike = torch.nn.Module | torch.export.ExportedProgram | str | os.PathLike[s
 
 def _from_file(path: Path, device: torch.device) -> torch.nn.Module:
     if path.suffix == ".pt2":
-        return torch.export.load(str(path)).module()
+        return torch.export.load(str(path)).module()  # type: ignore[no-untyped-call]
     try:
         module: torch.nn.Module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as e:
@@ -54,6 +54,7 @@ def load_model(
     """An eval-mode module on ``device`` (in ``dtype`` and channels_last when asked)."""
     if weights is not None and not isinstance(model, str):
         raise ValueError("weights= applies only to a torchvision architecture name")
+    module: torch.nn.Module
     if isinstance(model, torch.export.ExportedProgram):
         module = model.module()
     elif isinstance(model, torch.nn.Module):
@@ -80,7 +81,7 @@ def load_model(
     if dtype is not None and dtype.is_floating_point:
         module.to(dtype)
     if channels_last:
-        module.to(memory_format=torch.channels_last)
+        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return module
 
 
@@ -96,6 +97,8 @@ def top_k(k: int = 5, *, softmax: bool = True) -> Callable[[torch.Tensor], Seque
     def postprocess(logits: torch.Tensor) -> Sequence[Any]:
         scores = logits.float().softmax(-1) if softmax else logits.float()
         values, ids = scores.topk(k, dim=-1)
-        return [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist())]
+        return [
+            list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+        ]
 
     return postprocess

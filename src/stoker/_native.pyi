@@ -1,6 +1,7 @@
 """stoker's native data plane"""
 
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import numpy
 from numpy.typing import NDArray
@@ -73,3 +74,105 @@ def arena_stats() -> dict:
 
 def arena_trim() -> None:
     """Free every cached output buffer."""
+
+class PreparedBatch:
+    """A preprocessed batch in a staging slot."""
+
+    @property
+    def sequence(self) -> int: ...
+    @property
+    def slot(self) -> int:
+        """Index of the staging slot holding the batch."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def ids(self) -> NDArray[numpy.uint64]: ...
+    @property
+    def enqueued_ns(self) -> NDArray[numpy.int64]: ...
+    @property
+    def deferred(self) -> list[int]:
+        """Rows left for the GPU decoder."""
+
+    @property
+    def errors(self) -> list[tuple[int, str, str]]:
+        """[(row, kind, message)] for rows that failed to preprocess."""
+
+    @property
+    def formed_ns(self) -> int: ...
+    @property
+    def prep_start_ns(self) -> int: ...
+    @property
+    def prep_end_ns(self) -> int: ...
+
+class Feeder:
+    """
+    Native batcher feeding a ring of staging buffers with preprocessed batches.
+    """
+
+    def __init__(
+        self,
+        pre: Preprocessor,
+        max_batch_size: int,
+        max_delay_us: int,
+        preferred_sizes: Sequence[int],
+        capacity: int,
+        slots: int,
+        pinned: bool,
+    ) -> None: ...
+    def submit(self, id: int, data: bytes, high: bool, deadline_ns: int) -> int:
+        """
+        Queue a request; the caller keeps `data` alive until it is answered.
+        Returns 0 accepted, 1 queue full, 2 closed, 3 duplicate id.
+        """
+
+    def cancel(self, id: int) -> bool:
+        """Remove a waiting request; False when it already left the queue."""
+
+    def next(self) -> PreparedBatch:
+        """Wait for the next prepared batch; None once closed and drained."""
+
+    def next_expired(self) -> NDArray[numpy.uint64] | None:
+        """Wait for ids of requests that expired in the queue; None once closed."""
+
+    def release(self, slot: int) -> None:
+        """Return a staging slot to the ring."""
+
+    def close(self) -> None:
+        """Stop admissions; queued requests are still handed out."""
+
+    def set_gpu_share(self, share: float) -> None: ...
+    @property
+    def gpu_share(self) -> float: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def pinned(self) -> bool: ...
+    @property
+    def max_batch_size(self) -> int: ...
+    def slot(self, i: int) -> NDArray[numpy.uint8]:
+        """Flat uint8 view of a staging slot (valid while the feeder lives)."""
+
+class Histogram:
+    """Log-linear latency histogram (8 buckets per power of two), lock-free."""
+
+    def __init__(self) -> None: ...
+    def record(self, value: int) -> None: ...
+    def record_many(
+        self,
+        values: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", writable=False)],
+    ) -> None:
+        """Record every value of an int64 array (negatives count as 0)."""
+
+    def reset(self) -> None: ...
+    def snapshot(self) -> tuple[NDArray[numpy.uint64], int, int, int]:
+        """(bucket counts, count, sum, max)."""
+
+    @staticmethod
+    def upper_bounds() -> NDArray[numpy.uint64]:
+        """The largest value each bucket holds."""
+
+def jpeg_gpu_friendly(data: bytes) -> bool:
+    """Whether a GPU JPEG decoder gives this image the CPU path's pixels."""

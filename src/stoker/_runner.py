@@ -88,7 +88,9 @@ class CpuRunner:
         self._dtype = dtype
         self._channels_last = channels_last and spec.layout == "NCHW"
 
-    def launch(self, slot: int, n: int, deferred: Sequence[int], payloads: Sequence[bytes]) -> Flight:
+    def launch(
+        self, slot: int, n: int, deferred: Sequence[int], payloads: Sequence[bytes]
+    ) -> Flight:
         x = self._views[slot][:n]
         if self._dtype is not None and x.dtype != self._dtype:
             x = x.to(self._dtype)
@@ -130,12 +132,12 @@ class CudaRunner:
         self._device = device
         # Pageable slots (pinning unavailable) still work, with synchronous copies.
         self._slots = [torch.from_numpy(s).view(max_batch_size, h, w, 3) for s in slots]
-        self._copy = torch.cuda.Stream(device)
-        self._compute = torch.cuda.Stream(device)
-        self._post = torch.cuda.Stream(device)
+        self._copy = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+        self._compute = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+        self._post = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         self._landing = [torch.empty((max_batch_size, h, w, 3), dtype=torch.uint8, device=device)]
         self._landing.append(torch.empty_like(self._landing[0]))
-        self._landing_free = [torch.cuda.Event(), torch.cuda.Event()]
+        self._landing_free = [torch.cuda.Event() for _ in range(2)]  # type: ignore[no-untyped-call]
         self._turn = 0
         self._deferred_decode = deferred_decode
         self._channels_last = channels_last
@@ -192,11 +194,13 @@ class CudaRunner:
                 return b
         return self._buckets[-1]
 
-    def launch(self, slot: int, n: int, deferred: Sequence[int], payloads: Sequence[bytes]) -> Flight:
+    def launch(
+        self, slot: int, n: int, deferred: Sequence[int], payloads: Sequence[bytes]
+    ) -> Flight:
         k = self._turn
         self._turn ^= 1
         landing = self._landing[k]
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(6)]
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(6)]  # type: ignore[no-untyped-call]
         failed: dict[int, Exception] = {}
         with torch.cuda.stream(self._copy):
             self._copy.wait_event(self._landing_free[k])
