@@ -363,7 +363,7 @@ class Engine:
         stats.record("total", total_us)
         for name, value in zip(_SHARED_STAGES, shared, strict=True):
             stats.record(name, np.full(n, int(value), dtype=np.int64))
-        stats.record_batch(n)
+        stats.record_batch(n, flight.compute_us)
         errors: dict[int, BaseException] = {r: image_error(k, m) for r, k, m in batch.errors}
         errors.update(flight.failed)
         outcomes = []

@@ -16,9 +16,9 @@ ModelLike = torch.nn.Module | torch.export.ExportedProgram | str | os.PathLike[s
 
 def _from_file(path: Path, device: torch.device) -> torch.nn.Module:
     if path.suffix == ".pt2":
-        return torch.export.load(str(path)).module()  # type: ignore[no-untyped-call]
+        return torch.export.load(str(path)).module()
     try:
-        module: torch.nn.Module = torch.jit.load(str(path), map_location=device)
+        module: torch.nn.Module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
     except RuntimeError as e:
         raise ValueError(
             f"{path} is neither a torch.export program (.pt2) nor a TorchScript file: {e}"

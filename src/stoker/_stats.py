@@ -75,23 +75,28 @@ class StageStats:
     def __init__(self) -> None:
         self._stages = {name: _native.Histogram() for name in STAGES}
         self._batch_sizes = _native.Histogram()
+        self._batch_compute = _native.Histogram()
 
     def record(self, stage: str, values_us: npt.NDArray[np.int64]) -> None:
         self._stages[stage].record_many(values_us)
 
-    def record_batch(self, size: int) -> None:
+    def record_batch(self, size: int, compute_us: float) -> None:
         self._batch_sizes.record(size)
+        self._batch_compute.record(int(compute_us))
 
     def snapshot(self) -> dict[str, HistogramSnapshot]:
-        """Every stage's histogram, plus ``batch_size`` (in items, not µs)."""
+        """Every stage's histogram (one entry per request), plus ``batch_size`` (in items) and
+        ``batch_compute`` (µs, one entry per batch: its sum is the device's busy time)."""
         out = {name: _snapshot(h) for name, h in self._stages.items()}
         out["batch_size"] = _snapshot(self._batch_sizes)
+        out["batch_compute"] = _snapshot(self._batch_compute)
         return out
 
     def reset(self) -> None:
         for h in self._stages.values():
             h.reset()
         self._batch_sizes.reset()
+        self._batch_compute.reset()
 
 
 def _snapshot(h: _native.Histogram) -> HistogramSnapshot:
