@@ -124,7 +124,7 @@ def model_only_rate(
     x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=dtype).contiguous(
         memory_format=torch.channels_last
     )
-    stream = torch.cuda.Stream()
+    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
     with torch.cuda.stream(stream), torch.inference_mode():
         for _ in range(3):
             model(x)
@@ -179,6 +179,9 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
     import torchvision
 
     dtype = torch.float16
+    gpu_decode = args.gpu_decode
+    if gpu_decode not in (None, "auto"):
+        gpu_decode = float(gpu_decode)
     model = (
         torchvision.models.resnet50().eval().cuda().to(dtype).to(memory_format=torch.channels_last)
     )
@@ -196,6 +199,7 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
         max_delay_ms=args.delay_ms,
         postprocess=argmax,
         staging_slots=args.slots,
+        gpu_decode=gpu_decode,
     ) as engine:
         results = []
         for r in range(args.rounds):
@@ -205,12 +209,15 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
                 f"round {r}: engine {rate:9.1f} img/s = {rate / ceiling:6.1%} of model-only, GPU busy {busy:6.1%}"
             )
         stats = engine.stats()
+        share = engine.gpu_share
     best = max(results)
     print(
         f"\nengine/model-only: median {statistics.median(r for r, _ in results) / ceiling:.1%}, "
         f"best {best[0] / ceiling:.1%}; GPU busy median {statistics.median(b for _, b in results):.1%} "
         "(bars: >= 90% and >= 90%)"
     )
+    if args.gpu_decode is not None:
+        print(f"GPU decode share at the end: {share:.2f}")
     report_stages(stats)
 
 
@@ -238,6 +245,7 @@ def main() -> None:
     p.add_argument("--delay-ms", type=float, default=2.0)
     p.add_argument("--slots", type=int, default=3)
     p.add_argument("--reduce-gap", type=float, default=None)
+    p.add_argument("--gpu-decode", default=None, help="GPU decode share (0..1) or 'auto'")
     args = p.parse_args()
     cuda = args.device == "cuda"
     args.max_batch = args.max_batch or (256 if cuda else 32)

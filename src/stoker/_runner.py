@@ -134,7 +134,8 @@ class CudaRunner:
         self._slots = [torch.from_numpy(s).view(max_batch_size, h, w, 3) for s in slots]
         self._copy = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         self._compute = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
-        self._post = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+        # High priority: postprocess kernels are tiny and must not wait behind the next batch.
+        self._post = torch.cuda.Stream(device, priority=-1)  # type: ignore[no-untyped-call]
         self._landing = [torch.empty((max_batch_size, h, w, 3), dtype=torch.uint8, device=device)]
         self._landing.append(torch.empty_like(self._landing[0]))
         self._landing_free = [torch.cuda.Event() for _ in range(2)]  # type: ignore[no-untyped-call]
