@@ -23,7 +23,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _images import large_images, small_images  # noqa: E402
-from _pipelines import MEAN, STD, crop_box, resize_target  # noqa: E402
+from _images import large_images, small_images
+from _pipelines import MEAN, STD, crop_box, resize_target
 
-import stoker  # noqa: E402
+import stoker
 
 
 class SmallCNN(torch.nn.Module):
@@ -168,7 +168,8 @@ def run_cpu(args: argparse.Namespace, images: Sequence[bytes]) -> None:
             rate, _ = engine_rate(engine, images, args.concurrency, args.seconds)
             ratios.append(rate / base)
             print(
-                f"round {r}: PIL loop {base:8.1f} img/s | engine {rate:8.1f} img/s | {rate / base:5.2f}x"
+                f"round {r}: PIL loop {base:8.1f} img/s | engine {rate:8.1f} img/s | "
+                f"{rate / base:5.2f}x"
             )
         stats = engine.stats()
     print(f"\nengine vs plain PIL loop: median {statistics.median(ratios):.2f}x (bar >= 5x)")
@@ -188,7 +189,8 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
     spec = stoker.ImageSpec(mean=MEAN, std=STD, reduce_gap=args.reduce_gap)
     ceiling = model_only_rate(model, args.max_batch, dtype, args.seconds)
     print(
-        f"model only (CUDA graph, batch {args.max_batch}, fp16, channels_last): {ceiling:9.1f} img/s"
+        f"model only (CUDA graph, batch {args.max_batch}, fp16, channels_last): "
+        f"{ceiling:9.1f} img/s"
     )
     with stoker.Engine(
         model,
@@ -206,14 +208,16 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
             rate, busy = engine_rate(engine, images, args.concurrency, args.seconds)
             results.append((rate, busy))
             print(
-                f"round {r}: engine {rate:9.1f} img/s = {rate / ceiling:6.1%} of model-only, GPU busy {busy:6.1%}"
+                f"round {r}: engine {rate:9.1f} img/s = {rate / ceiling:6.1%} of model-only, "
+                f"GPU busy {busy:6.1%}"
             )
         stats = engine.stats()
         share = engine.gpu_share
     best = max(results)
     print(
         f"\nengine/model-only: median {statistics.median(r for r, _ in results) / ceiling:.1%}, "
-        f"best {best[0] / ceiling:.1%}; GPU busy median {statistics.median(b for _, b in results):.1%} "
+        f"best {best[0] / ceiling:.1%}; "
+        f"GPU busy median {statistics.median(b for _, b in results):.1%} "
         "(bars: >= 90% and >= 90%)"
     )
     if args.gpu_decode is not None:
@@ -227,7 +231,8 @@ def report_stages(stats: dict[str, Any]) -> None:
         h = stats[name]
         print(f"{name:12s} {h.quantile(0.5):9.0f} {h.quantile(0.99):10.0f} {h.mean:10.0f}")
     print(
-        f"batch size: mean {stats['batch_size'].mean:.1f}, p50 {stats['batch_size'].quantile(0.5):.0f}"
+        f"batch size: mean {stats['batch_size'].mean:.1f}, "
+        f"p50 {stats['batch_size'].quantile(0.5):.0f}"
     )
 
 
