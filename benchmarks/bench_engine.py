@@ -180,6 +180,9 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
     import torchvision
 
     dtype = torch.float16
+    gpu_decode = args.gpu_decode
+    if gpu_decode not in (None, "auto"):
+        gpu_decode = float(gpu_decode)
     model = (
         torchvision.models.resnet50().eval().cuda().to(dtype).to(memory_format=torch.channels_last)
     )
@@ -198,6 +201,7 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
         max_delay_ms=args.delay_ms,
         postprocess=argmax,
         staging_slots=args.slots,
+        gpu_decode=gpu_decode,
     ) as engine:
         results = []
         for r in range(args.rounds):
@@ -208,6 +212,7 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
                 f"GPU busy {busy:6.1%}"
             )
         stats = engine.stats()
+        share = engine.gpu_share
     best = max(results)
     print(
         f"\nengine/model-only: median {statistics.median(r for r, _ in results) / ceiling:.1%}, "
@@ -215,6 +220,8 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
         f"GPU busy median {statistics.median(b for _, b in results):.1%} "
         "(bars: >= 90% and >= 90%)"
     )
+    if args.gpu_decode is not None:
+        print(f"GPU decode share at the end: {share:.2f}")
     report_stages(stats)
 
 
@@ -243,6 +250,7 @@ def main() -> None:
     p.add_argument("--delay-ms", type=float, default=2.0)
     p.add_argument("--slots", type=int, default=3)
     p.add_argument("--reduce-gap", type=float, default=None)
+    p.add_argument("--gpu-decode", default=None, help="GPU decode share (0..1) or 'auto'")
     args = p.parse_args()
     cuda = args.device == "cuda"
     args.max_batch = args.max_batch or (256 if cuda else 32)

@@ -30,6 +30,7 @@ from stoker._errors import (
     QueueFullError,
     image_error,
 )
+from stoker._hybrid import GpuDecoder, SharePolicy
 from stoker._models import ModelLike, load_model
 from stoker._preprocess import enable_pinning
 from stoker._runner import CpuRunner, CudaRunner, Flight, buckets_for
@@ -101,11 +102,22 @@ class Engine:
         channels_last: bool | None = None,
         cuda_graphs: bool = True,
         staging_slots: int = 3,
+        gpu_decode: float | Literal["auto"] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if not max_delay_ms >= 0:
             raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}")
+        if (
+            gpu_decode is not None
+            and gpu_decode != "auto"
+            and not (
+                isinstance(gpu_decode, (int, float))
+                and not isinstance(gpu_decode, bool)
+                and 0.0 <= gpu_decode <= 1.0
+            )
+        ):
+            raise ValueError(f"gpu_decode must be a share in [0, 1] or 'auto', got {gpu_decode!r}")
         if staging_slots < 2:
             raise ValueError(f"staging_slots must be at least 2, got {staging_slots}")
         self.spec = preprocess if preprocess is not None else ImageSpec()
@@ -140,6 +152,17 @@ class Engine:
             pinned,
         )
         slots = [self._feeder.slot(i) for i in range(staging_slots)]
+        self._share_policy: SharePolicy | None = None
+        decoder = None
+        if gpu_decode is not None:
+            if not cuda:
+                raise ValueError("gpu_decode needs a CUDA device")
+            decoder = GpuDecoder(staging, self.device)
+            if gpu_decode == "auto":
+                self._share_policy = SharePolicy(initial=0.25)
+                self._feeder.set_gpu_share(0.25)
+            else:
+                self._feeder.set_gpu_share(float(gpu_decode))
         self._runner: CpuRunner | CudaRunner
         if cuda:
             self._runner = CudaRunner(
@@ -152,7 +175,7 @@ class Engine:
                 channels_last,
                 buckets_for(max_batch_size, preferred_batch_sizes),
                 cuda_graphs,
-                None,
+                decoder,
             )
         else:
             self._runner = CpuRunner(
@@ -264,6 +287,11 @@ class Engine:
     # --- state -----------------------------------------------------------------------------
 
     @property
+    def gpu_share(self) -> float:
+        """Fraction of GPU-friendly JPEGs currently decoded on the GPU."""
+        return float(self._feeder.gpu_share)
+
+    @property
     def waiting(self) -> int:
         """Requests queued and not yet batched."""
         return int(self._feeder.waiting)
@@ -364,6 +392,12 @@ class Engine:
         for name, value in zip(_SHARED_STAGES, shared, strict=True):
             stats.record(name, np.full(n, int(value), dtype=np.int64))
         stats.record_batch(n, flight.compute_us)
+        if self._share_policy is not None:
+            gpu_items = len(batch.deferred)
+            share = self._share_policy.update(
+                n - gpu_items, prep - flight.decode_us, gpu_items, flight.decode_us
+            )
+            self._feeder.set_gpu_share(share)
         errors: dict[int, BaseException] = {r: image_error(k, m) for r, k, m in batch.errors}
         errors.update(flight.failed)
         outcomes = []

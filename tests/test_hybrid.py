@@ -1,0 +1,77 @@
+"""Hybrid decode glue and share policy on the CPU (the resize runs in Triton's interpreter)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+from _imagegen import jpeg_rgb
+
+import stoker
+from stoker import _gpu_decode
+from stoker._hybrid import GpuDecoder, SharePolicy
+
+pytest.importorskip("triton")
+
+SPEC = stoker.ImageSpec(size=40, crop=32, layout="NHWC", dtype="uint8")
+
+
+def cpu_decode(
+    payloads: Sequence[bytes], device: torch.device
+) -> tuple[list[torch.Tensor | None], dict[int, Exception]]:
+    images: list[torch.Tensor | None] = []
+    errors: dict[int, Exception] = {}
+    for i, p in enumerate(payloads):
+        try:
+            images.append(torch.from_numpy(np.ascontiguousarray(stoker.decode(p))).permute(2, 0, 1))
+        except stoker.ImageError as e:
+            images.append(None)
+            errors[i] = e
+    return images, errors
+
+
+def test_decoder_fills_its_rows_like_the_cpu_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_gpu_decode, "gpu_decode_available", lambda device: True)
+    monkeypatch.setattr(_gpu_decode, "decode_jpegs", cpu_decode)
+    decoder = GpuDecoder(SPEC, torch.device("cpu"))
+    images = [jpeg_rgb(50, 64, 1), jpeg_rgb(70, 45, 2)]
+    landing = torch.full((4, 32, 32, 3), 7, dtype=torch.uint8)
+    errors = decoder(landing, [1, 3, 2], [images[0], images[1], b"\xff\xd8\xff junk"])
+    assert set(errors) == {2}
+    assert isinstance(errors[2], stoker.ImageError)
+    expected = torch.from_numpy(stoker.preprocess_batch_numpy(images, SPEC))
+    diff = (landing[[1, 3]].int() - expected.int()).abs()
+    assert diff.max().item() <= 1
+    assert bool((landing[0] == 7).all()) and bool((landing[2] == 7).all())
+
+
+def test_decoder_refuses_where_gpu_decode_is_unavailable() -> None:
+    with pytest.raises(ValueError, match="not available"):
+        GpuDecoder(SPEC, torch.device("cpu"))
+
+
+def test_share_follows_the_rates_of_both_paths() -> None:
+    policy = SharePolicy(initial=0.25, smoothing=0.5)
+    for _ in range(20):
+        # CPU: 300 items per 1,000 µs; GPU: 100 items per 1,000 µs -> a quarter to the GPU.
+        policy.update(cpu_items=300, cpu_us=1000.0, gpu_items=100, gpu_us=1000.0)
+    assert policy.share == pytest.approx(0.25, abs=1e-6)
+    for _ in range(30):
+        policy.update(cpu_items=100, cpu_us=1000.0, gpu_items=100, gpu_us=100.0)
+    assert policy.share == pytest.approx(0.9, abs=1e-3)  # 10/11 capped at 0.9
+    before = policy.share
+    policy.update(cpu_items=0, cpu_us=0.0, gpu_items=5, gpu_us=10.0)
+    assert policy.share == before
+
+
+@pytest.mark.parametrize("share", [1.5, -0.1, True, "most"])
+def test_engine_refuses_bad_gpu_decode_settings(share: object) -> None:
+    with pytest.raises(ValueError, match="gpu_decode"):
+        stoker.Engine(torch.nn.Identity(), SPEC, gpu_decode=share)  # type: ignore[arg-type]
+
+
+def test_gpu_decode_needs_cuda() -> None:
+    with pytest.raises(ValueError, match="CUDA"):
+        stoker.Engine(torch.nn.Identity(), SPEC, gpu_decode=0.5)
