@@ -158,7 +158,7 @@ def header(args: argparse.Namespace) -> None:
 
 def run_cpu(args: argparse.Namespace, images: Sequence[bytes]) -> None:
     model = SmallCNN().eval()
-    spec = stoker.ImageSpec(mean=MEAN, std=STD)
+    spec = stoker.ImageSpec(mean=MEAN, std=STD, reduce_gap=args.reduce_gap)
     ratios = []
     with stoker.Engine(
         model, spec, max_batch_size=args.max_batch, max_delay_ms=args.delay_ms, postprocess=argmax

@@ -9,14 +9,13 @@ loop once per batch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import queue
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, Literal, cast
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from stoker import _native
+from stoker._answers import Pending, Waiter, batch_timings, deliver, settle, split_rows
 from stoker._errors import (
     DeadlineExceededError,
     EngineClosedError,
@@ -41,46 +41,6 @@ __all__ = ["Engine"]
 
 Priority = Literal["normal", "high"]
 Postprocess = Callable[[Any], Sequence[Any]]
-_Waiter = asyncio.Future[Any] | Future[Any]
-_SHARED_STAGES = ("batch", "preprocess", "h2d", "compute", "postprocess")
-
-
-class _Pending:
-    __slots__ = ("loop", "payload", "timed", "waiter")
-
-    def __init__(
-        self, waiter: _Waiter, payload: bytes, loop: asyncio.AbstractEventLoop | None, timed: bool
-    ) -> None:
-        self.waiter = waiter
-        self.payload = payload
-        self.loop = loop
-        self.timed = timed
-
-
-def _rows(output: Any) -> Sequence[Any]:
-    if not isinstance(output, torch.Tensor):
-        raise TypeError(
-            f"the model returned {type(output).__name__}; give the engine a postprocess that "
-            "splits it into one result per request"
-        )
-    return list(output.cpu().unbind(0))
-
-
-def _settle(waiter: _Waiter, error: BaseException | None, value: Any) -> None:
-    if waiter.done():  # cancelled by its caller
-        return
-    try:
-        if error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(value)
-    except (InvalidStateError, asyncio.InvalidStateError):
-        pass
-
-
-def _settle_all(outcomes: list[tuple[_Waiter, BaseException | None, Any]]) -> None:
-    for waiter, error, value in outcomes:
-        _settle(waiter, error, value)
 
 
 class Engine:
@@ -130,7 +90,7 @@ class Engine:
         if channels_last is None:
             channels_last = cuda
         self.max_batch_size = max_batch_size
-        self._postprocess = postprocess or _rows
+        self._postprocess = postprocess or split_rows
         self._model = load_model(
             model, weights=weights, device=self.device, dtype=dtype, channels_last=channels_last
         )
@@ -183,7 +143,7 @@ class Engine:
             )
         self._stats = StageStats()
         self._ids = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Pending] = {}
         self._flights: queue.SimpleQueue[tuple[Any, Flight, int] | None] = queue.SimpleQueue()
         self._closed = False
         self._threads = [
@@ -204,7 +164,7 @@ class Engine:
         timeout_ms: float | None,
         loop: asyncio.AbstractEventLoop | None,
         timed: bool,
-    ) -> tuple[int, _Waiter]:
+    ) -> tuple[int, Waiter]:
         data = image if type(image) is bytes else bytes(image)
         if priority not in ("normal", "high"):
             raise ValueError(f"priority must be 'normal' or 'high', got {priority!r}")
@@ -214,8 +174,8 @@ class Engine:
                 raise ValueError(f"timeout_ms must be positive, got {timeout_ms}")
             deadline = time.monotonic_ns() + int(timeout_ms * 1e6)
         rid = next(self._ids)
-        waiter: _Waiter = loop.create_future() if loop is not None else Future()
-        self._pending[rid] = _Pending(waiter, data, loop, timed)
+        waiter: Waiter = loop.create_future() if loop is not None else Future()
+        self._pending[rid] = Pending(waiter, data, loop, timed)
         code = self._feeder.submit(rid, data, priority == "high", deadline)
         if code != 0:
             del self._pending[rid]
@@ -311,7 +271,7 @@ class Engine:
         self._finalizer()
         leftover, self._pending = self._pending, {}
         for p in leftover.values():
-            _settle(p.waiter, EngineClosedError("the engine closed"), None)
+            settle(p.waiter, EngineClosedError("the engine closed"), None)
 
     def __enter__(self) -> Engine:
         return self
@@ -365,37 +325,26 @@ class Engine:
         for rid in ids.tolist():
             p = self._pending.pop(rid, None)
             if p is not None:
-                self._deliver([(p, DeadlineExceededError("deadline passed in the queue"), None)])
+                deliver([(p, DeadlineExceededError("deadline passed in the queue"), None)])
 
     def _fail(self, ids: np.ndarray[Any, Any], error: Exception) -> None:
-        outcomes: list[tuple[_Pending, BaseException | None, Any]] = []
+        outcomes: list[tuple[Pending, BaseException | None, Any]] = []
         for rid in ids.tolist():
             p = self._pending.pop(rid, None)
             if p is not None:
                 outcomes.append((p, error, None))
-        self._deliver(outcomes)
+        deliver(outcomes)
 
     def _answer(
         self, batch: Any, flight: Flight, results: Sequence[Any], picked: int, post_us: float
     ) -> None:
         n = flight.n
-        now = time.monotonic_ns()
-        enqueued = batch.enqueued_ns
-        queue_us = (batch.formed_ns - enqueued) // 1000
-        total_us = (now - enqueued) // 1000
-        waited = (batch.prep_start_ns - batch.formed_ns + picked - batch.prep_end_ns) / 1000
-        prep = (batch.prep_end_ns - batch.prep_start_ns) / 1000 + flight.decode_us
-        shared = (waited, prep, flight.h2d_us, flight.compute_us, post_us)
-        stats = self._stats
-        stats.record("queue", queue_us)
-        stats.record("total", total_us)
-        for name, value in zip(_SHARED_STAGES, shared, strict=True):
-            stats.record(name, np.full(n, int(value), dtype=np.int64))
-        stats.record_batch(n, flight.compute_us)
+        queue_us, total_us, shared = batch_timings(batch, flight, picked, post_us)
+        self._stats.record_answers(queue_us, total_us, shared, flight.compute_us)
         if self._share_policy is not None:
             gpu_items = len(batch.deferred)
             share = self._share_policy.update(
-                n - gpu_items, prep - flight.decode_us, gpu_items, flight.decode_us
+                n - gpu_items, shared[1] - flight.decode_us, gpu_items, flight.decode_us
             )
             self._feeder.set_gpu_share(share)
         errors: dict[int, BaseException] = {r: image_error(k, m) for r, k, m in batch.errors}
@@ -409,20 +358,7 @@ class Engine:
             if p.timed:
                 value = (value, Timings(float(queue_us[row]), *shared, float(total_us[row]), n))
             outcomes.append((p, errors.get(row), value))
-        self._deliver(outcomes)
-
-    def _deliver(self, outcomes: list[tuple[_Pending, BaseException | None, Any]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Waiter, BaseException | None, Any]]]
-        by_loop = {}
-        for p, error, value in outcomes:
-            if p.loop is None:
-                _settle(p.waiter, error, value)
-            else:
-                by_loop.setdefault(p.loop, []).append((p.waiter, error, value))
-        for loop, items in by_loop.items():
-            # A closed loop raises RuntimeError: nobody waits for its answers any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle_all, items)
+        deliver(outcomes)
 
 
 def _shutdown(feeder: Any, threads: list[threading.Thread]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ __all__ = ["STAGES", "HistogramSnapshot", "StageStats", "Timings"]
 STAGES: tuple[str, ...] = ("queue", "batch", "preprocess", "h2d", "compute", "postprocess", "total")
 """Stages of a request, in order; ``total`` runs from submission to the answer."""
 
+_SHARED_STAGES = ("batch", "preprocess", "h2d", "compute", "postprocess")
 _UPPER_BOUNDS: npt.NDArray[np.uint64] = np.asarray(_native.Histogram.upper_bounds())
 
 
@@ -77,11 +79,20 @@ class StageStats:
         self._batch_sizes = _native.Histogram()
         self._batch_compute = _native.Histogram()
 
-    def record(self, stage: str, values_us: npt.NDArray[np.int64]) -> None:
-        self._stages[stage].record_many(values_us)
-
-    def record_batch(self, size: int, compute_us: float) -> None:
-        self._batch_sizes.record(size)
+    def record_answers(
+        self,
+        queue_us: npt.NDArray[np.int64],
+        total_us: npt.NDArray[np.int64],
+        shared: Sequence[float],
+        compute_us: float,
+    ) -> None:
+        """One batch's requests: their own queue and total times, and the stages they share."""
+        n = len(queue_us)
+        self._stages["queue"].record_many(queue_us)
+        self._stages["total"].record_many(total_us)
+        for name, value in zip(_SHARED_STAGES, shared, strict=True):
+            self._stages[name].record_many(np.full(n, int(value), dtype=np.int64))
+        self._batch_sizes.record(n)
         self._batch_compute.record(int(compute_us))
 
     def snapshot(self) -> dict[str, HistogramSnapshot]:
