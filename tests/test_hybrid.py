@@ -16,16 +16,19 @@ from stoker._hybrid import GpuDecoder, SharePolicy
 pytest.importorskip("triton")
 
 SPEC = stoker.ImageSpec(size=40, crop=32, layout="NHWC", dtype="uint8")
+# The compiled kernel where there is a GPU, Triton's interpreter elsewhere.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def cpu_decode(
+def host_decode(
     payloads: Sequence[bytes], device: torch.device
 ) -> tuple[list[torch.Tensor | None], dict[int, Exception]]:
     images: list[torch.Tensor | None] = []
     errors: dict[int, Exception] = {}
     for i, p in enumerate(payloads):
         try:
-            images.append(torch.from_numpy(np.ascontiguousarray(stoker.decode(p))).permute(2, 0, 1))
+            rgb = torch.from_numpy(np.ascontiguousarray(stoker.decode(p)))
+            images.append(rgb.permute(2, 0, 1).to(device))
         except stoker.ImageError as e:
             images.append(None)
             errors[i] = e
@@ -34,20 +37,20 @@ def cpu_decode(
 
 def test_decoder_fills_its_rows_like_the_cpu_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_gpu_decode, "gpu_decode_available", lambda device: True)
-    monkeypatch.setattr(_gpu_decode, "decode_jpegs", cpu_decode)
-    decoder = GpuDecoder(SPEC, torch.device("cpu"))
+    monkeypatch.setattr(_gpu_decode, "decode_jpegs", host_decode)
+    decoder = GpuDecoder(SPEC, DEVICE)
     images = [jpeg_rgb(50, 64, 1), jpeg_rgb(70, 45, 2)]
-    landing = torch.full((4, 32, 32, 3), 7, dtype=torch.uint8)
+    landing = torch.full((4, 32, 32, 3), 7, dtype=torch.uint8, device=DEVICE)
     errors = decoder(landing, [1, 3, 2], [images[0], images[1], b"\xff\xd8\xff junk"])
     assert set(errors) == {2}
     assert isinstance(errors[2], stoker.ImageError)
     expected = torch.from_numpy(stoker.preprocess_batch_numpy(images, SPEC))
-    diff = (landing[[1, 3]].int() - expected.int()).abs()
+    diff = (landing[[1, 3]].cpu().int() - expected.int()).abs()
     assert diff.max().item() <= 1
     assert bool((landing[0] == 7).all()) and bool((landing[2] == 7).all())
 
 
-def test_decoder_refuses_where_gpu_decode_is_unavailable() -> None:
+def test_decoder_refuses_a_cpu_device() -> None:
     with pytest.raises(ValueError, match="not available"):
         GpuDecoder(SPEC, torch.device("cpu"))
 
