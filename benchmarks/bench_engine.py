@@ -251,7 +251,15 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=3)
     p.add_argument("--reduce-gap", type=float, default=None)
     p.add_argument("--gpu-decode", default=None, help="GPU decode share (0..1) or 'auto'")
+    p.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval in ms: how long a thread holding the GIL makes others wait",
+    )
     args = p.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval / 1000)
     cuda = args.device == "cuda"
     args.max_batch = args.max_batch or (256 if cuda else 32)
     args.concurrency = args.concurrency or (4 * args.max_batch if cuda else 64)
