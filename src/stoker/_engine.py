@@ -308,9 +308,10 @@ class Engine:
     def _completion_loop(self) -> None:
         while (item := self._flights.get()) is not None:
             batch, flight, picked = item
-            start = time.perf_counter_ns()
             try:
-                results = self._runner.finish(flight, self._postprocess)
+                self._runner.wait(flight)
+                start = time.perf_counter_ns()
+                results = self._runner.postprocess(flight, self._postprocess)
                 if len(results) != flight.n:
                     raise ValueError(
                         f"postprocess returned {len(results)} results for {flight.n} requests"

@@ -1,8 +1,8 @@
 """Device runners: the per-batch work between a prepared staging slot and the model's output.
 
 ``launch`` runs on the engine's device thread and must be done with the staging slot when it
-returns (the slot goes back to the native ring); ``finish`` runs on the completion thread and
-waits for the batch's output.
+returns (the slot goes back to the native ring); ``wait`` and ``postprocess`` run on the
+completion thread.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ DeferredDecode = Callable[[torch.Tensor, Sequence[int], Sequence[bytes]], dict[i
 
 @dataclass
 class Flight:
-    """A batch between launch and finish."""
+    """A batch between its launch and its answer."""
 
     output: Any
     n: int
@@ -101,9 +101,12 @@ class CpuRunner:
             out = _detach_from(self._model(x), self._views[slot])
         return Flight(out, n, compute_us=(time.perf_counter_ns() - start) / 1000)
 
-    def finish(self, flight: Flight, postprocess: Callable[[Any], Sequence[Any]]) -> Sequence[Any]:
+    def wait(self, flight: Flight) -> None:
+        """The output is ready when launch returns."""
+
+    def postprocess(self, flight: Flight, fn: Callable[[Any], Sequence[Any]]) -> Sequence[Any]:
         with torch.inference_mode():
-            return postprocess(flight.output)
+            return fn(flight.output)
 
 
 class CudaRunner:
@@ -231,16 +234,19 @@ class CudaRunner:
         ev[1].synchronize()
         return Flight(out, n, failed=failed, events=tuple(ev))
 
-    def finish(self, flight: Flight, postprocess: Callable[[Any], Sequence[Any]]) -> Sequence[Any]:
+    def wait(self, flight: Flight) -> None:
+        """Blocks until the batch's output is computed, then reads its stage times."""
         ev = flight.events
         ev[5].synchronize()
         flight.h2d_us = ev[0].elapsed_time(ev[1]) * 1000
         flight.decode_us = ev[1].elapsed_time(ev[2]) * 1000
         flight.compute_us = ev[3].elapsed_time(ev[4]) * 1000
+
+    def postprocess(self, flight: Flight, fn: Callable[[Any], Sequence[Any]]) -> Sequence[Any]:
         # Postprocessing gets its own stream so it never queues behind later batches.
         _record_stream(flight.output, self._post)
         with torch.cuda.stream(self._post), torch.inference_mode():
-            return postprocess(flight.output)
+            return fn(flight.output)
 
 
 def _clone(out: Any, n: int) -> Any:

@@ -26,7 +26,9 @@ class Timings(NamedTuple):
     ``queue``: waiting in the batcher; ``batch``: from the batch's hand-out to preprocessing, plus
     waiting for the device loop; ``preprocess``: the batch's decode/resize (CPU, and GPU decode of
     deferred images); ``h2d`` and ``compute``: CUDA event times on GPU (host clock on CPU);
-    ``postprocess``: the postprocess callable; ``total``: submission to answer.
+    ``postprocess``: the postprocess callable; ``total``: submission to answer. On a GPU the
+    stages do not add up to ``total``: the rest is time a launched batch waited on the device
+    behind earlier ones.
     """
 
     queue: float
