@@ -345,7 +345,11 @@ class Engine:
         if self._share_policy is not None:
             gpu_items = len(batch.deferred)
             share = self._share_policy.update(
-                n - gpu_items, shared[1] - flight.decode_us, gpu_items, flight.decode_us
+                n - gpu_items,
+                shared[1] - flight.decode_us,
+                gpu_items,
+                # The GPU path costs the device thread's time too, which no other batch overlaps.
+                max(flight.decode_us, flight.decode_host_us),
             )
             self._feeder.set_gpu_share(share)
         errors: dict[int, BaseException] = {r: image_error(k, m) for r, k, m in batch.errors}

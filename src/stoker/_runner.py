@@ -41,7 +41,8 @@ class Flight:
     n: int
     h2d_us: float = 0.0
     compute_us: float = 0.0
-    decode_us: float = 0.0
+    decode_us: float = 0.0  # GPU decode and resize on the device (CUDA events)
+    decode_host_us: float = 0.0  # the device thread's own time in that call (header parsing)
     failed: dict[int, Exception] = field(default_factory=dict)
     events: tuple[torch.cuda.Event, ...] = ()
 
@@ -206,13 +207,16 @@ class CudaRunner:
         landing = self._landing[k]
         ev = [torch.cuda.Event(enable_timing=True) for _ in range(6)]  # type: ignore[no-untyped-call]
         failed: dict[int, Exception] = {}
+        decode_host_us = 0.0
         with torch.cuda.stream(self._copy):
             self._copy.wait_event(self._landing_free[k])
             ev[0].record()
             landing[:n].copy_(self._slots[slot][:n], non_blocking=True)
             ev[1].record()
             if deferred and self._deferred_decode is not None:
+                start = time.perf_counter_ns()
                 failed = self._deferred_decode(landing, deferred, payloads)
+                decode_host_us = (time.perf_counter_ns() - start) / 1000
             ev[2].record()
         with torch.cuda.stream(self._compute), torch.inference_mode():
             self._compute.wait_event(ev[2])
@@ -232,7 +236,7 @@ class CudaRunner:
             ev[5].record()
         # The slot may go back to the ring only once its bytes are on the device.
         ev[1].synchronize()
-        return Flight(out, n, failed=failed, events=tuple(ev))
+        return Flight(out, n, decode_host_us=decode_host_us, failed=failed, events=tuple(ev))
 
     def wait(self, flight: Flight) -> None:
         """Blocks until the batch's output is computed, then reads its stage times."""
