@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not has_tv:
         print("note: torchvision is not importable; the comparison with it is skipped")
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "versions": library_versions(),
         "reference": "Pillow full decode, torch interpolate(antialias=True) on uint8, center crop",

@@ -24,7 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -146,7 +146,7 @@ def model_only_rate(
 
 
 def header(args: argparse.Namespace) -> None:
-    print(f"# stoker engine benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# stoker engine benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(
         f"machine: {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"stoker threads {stoker.get_num_threads()}"

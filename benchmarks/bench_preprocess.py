@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"note: skipping {key} ({e})")
 
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "versions": versions,
         "config": {

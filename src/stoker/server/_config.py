@@ -1,0 +1,104 @@
+"""What `stoker serve` runs: the server's settings and its models, from flags or a TOML file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from stoker._spec import IMAGENET_MEAN, IMAGENET_STD, ImageSpec
+
+__all__ = ["ModelConfig", "ServerConfig", "load_config"]
+
+Task = Literal["image-classification"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One served model; ``model`` is a torchvision architecture name or a model file."""
+
+    name: str
+    model: str
+    task: Task = "image-classification"
+    weights: str | None = None
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    size: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    max_batch_size: int = 32
+    max_delay_ms: float = 2.0
+    capacity: int = 1024
+    top_k: int = 5
+    gpu_decode: float | Literal["auto"] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"a model name must be non-empty and free of '/', got {self.name!r}")
+        if self.task != "image-classification":
+            raise ValueError(f"unknown task {self.task!r}; stoker serves 'image-classification'")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        object.__setattr__(self, "mean", tuple(self.mean))
+        object.__setattr__(self, "std", tuple(self.std))
+        self.spec()  # validates size, crop, mean and std now, not at the first request
+
+    def spec(self) -> ImageSpec:
+        return ImageSpec(size=self.size, crop=self.crop, mean=self.mean, std=self.std)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Network, security and limits of the server. The token may come from $STOKER_TOKEN."""
+
+    models: tuple[ModelConfig, ...]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = field(default=None, repr=False)
+    max_body_bytes: int = 32 << 20
+    max_images_per_request: int = 64
+    timeout_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("the server needs at least one model")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.max_body_bytes < 1 or self.max_images_per_request < 1:
+            raise ValueError("max_body_bytes and max_images_per_request must be positive")
+        if self.timeout_ms is not None and not self.timeout_ms > 0:
+            raise ValueError(f"timeout_ms must be positive, got {self.timeout_ms}")
+        if self.token is None and os.environ.get("STOKER_TOKEN"):
+            object.__setattr__(self, "token", os.environ["STOKER_TOKEN"])
+
+
+def _build(cls: type[Any], values: Mapping[str, Any], where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) in {where}: {', '.join(unknown)}")
+    return cls(**values)
+
+
+def load_config(path: str | os.PathLike[str], **overrides: Any) -> ServerConfig:
+    """Reads ``[server]`` and ``[[models]]`` tables from a TOML file; ``overrides`` (flags that
+    were given) replace ``[server]`` settings."""
+    with Path(path).open("rb") as f:
+        data = tomllib.load(f)
+    unknown = sorted(set(data) - {"server", "models"})
+    if unknown:
+        raise ValueError(f"unknown table(s) in {path}: {', '.join(unknown)}")
+    models = tuple(
+        _build(ModelConfig, m, f"{path} [[models]] #{i + 1}")
+        for i, m in enumerate(data.get("models", []))
+    )
+    server = {**data.get("server", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return _build(ServerConfig, {**server, "models": models}, f"{path} [server]")  # type: ignore[no-any-return]

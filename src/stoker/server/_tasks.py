@@ -1,0 +1,86 @@
+"""Tasks: what a served model does with a request's inputs, independent of the protocol.
+
+A task owns its engine and turns the engine's per-image results into protocol outputs. Image
+classification is the first; a task for another modality provides the same methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from stoker._engine import Engine
+from stoker._models import ModelLike, top_k
+from stoker._stats import Timings
+from stoker.server._config import ModelConfig
+from stoker.server._kserve import OutputTensor
+
+__all__ = ["ImageClassification"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ImageClassification:
+    """Encoded images in; the k best classes with their probabilities out."""
+
+    kind = "image-classification"
+
+    def __init__(self, config: ModelConfig, model: ModelLike | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.engine = Engine(
+            config.model if model is None else model,
+            config.spec(),
+            device=config.device,
+            dtype=_DTYPES[config.dtype] if config.dtype else None,
+            weights=config.weights if model is None else None,
+            max_batch_size=config.max_batch_size,
+            max_delay_ms=config.max_delay_ms,
+            capacity=config.capacity,
+            postprocess=top_k(config.top_k),
+            gpu_decode=config.gpu_decode,
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        k = self.config.top_k
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": "stoker_pytorch",
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [
+                {"name": "class_ids", "datatype": "INT64", "shape": [-1, k]},
+                {"name": "scores", "datatype": "FP32", "shape": [-1, k]},
+            ],
+        }
+
+    async def run(
+        self, images: Sequence[bytes], timeout_ms: float | None
+    ) -> list[tuple[Any, Timings]]:
+        """Every image's result; the first failure (in request order) is raised."""
+        if len(images) == 1:  # the common case, without gather's task machinery
+            return [await self.engine.infer_timed(images[0], timeout_ms=timeout_ms)]
+        jobs = [self.engine.infer_timed(image, timeout_ms=timeout_ms) for image in images]
+        return list(await asyncio.gather(*jobs))
+
+    def outputs(self, results: Sequence[tuple[Any, Timings]]) -> list[OutputTensor]:
+        k = self.config.top_k
+        ids = np.array([[c for c, _ in r] for r, _ in results], dtype=np.int64).reshape(-1, k)
+        scores = np.array([[s for _, s in r] for r, _ in results], dtype=np.float32).reshape(-1, k)
+        return [
+            OutputTensor("class_ids", "INT64", list(ids.shape), ids),
+            OutputTensor("scores", "FP32", list(scores.shape), scores),
+        ]
+
+    def predictions(self, results: Sequence[tuple[Any, Timings]]) -> list[Any]:
+        return [[{"class_id": c, "score": s} for c, s in r] for r, _ in results]
+
+    def queue_depth(self) -> int:
+        return self.engine.waiting
+
+    def close(self) -> None:
+        self.engine.close()
