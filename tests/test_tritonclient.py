@@ -1,0 +1,98 @@
+"""NVIDIA's tritonclient (HTTP), unchanged, against a real stoker server on loopback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from _imagegen import jpeg_rgb
+from _models import TinyNet
+
+import stoker
+from stoker.server import ModelConfig, ServerConfig, create_app
+
+tc = pytest.importorskip("tritonclient.http")
+
+TOKEN = "triton-compatible"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+MODEL = ModelConfig(name="tiny", model="unused", size=40, crop=32, top_k=3, max_batch_size=8)
+IMAGES = [jpeg_rgb(50 + i, 44 + 3 * i, 300 + i) for i in range(5)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    port = free_port()
+    app = create_app(ServerConfig(models=(MODEL,), port=port, token=TOKEN), {"tiny": TinyNet()})
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=20)
+
+
+def test_health_and_metadata(url: str) -> None:
+    client = tc.InferenceServerClient(url=url)
+    try:
+        assert client.is_server_live()
+        assert client.is_server_ready()
+        assert client.is_model_ready("tiny", headers=HEADERS)
+        meta = client.get_model_metadata("tiny", headers=HEADERS)
+        assert meta["name"] == "tiny"
+        assert meta["inputs"][0]["datatype"] == "BYTES"
+        assert "binary_tensor_data" in client.get_server_metadata(headers=HEADERS)["extensions"]
+    finally:
+        client.close()
+
+
+def test_infer_with_binary_tensors(url: str) -> None:
+    spec = MODEL.spec()
+    with torch.inference_mode():
+        logits = TinyNet()(stoker.preprocess_batch(IMAGES, spec))
+    expected = logits.softmax(-1).topk(3)
+    client = tc.InferenceServerClient(url=url)
+    try:
+        # Encoded images are not text: tritonclient sends them with the binary extension.
+        image = tc.InferInput("image", [len(IMAGES)], "BYTES")
+        image.set_data_from_numpy(np.array(IMAGES, dtype=np.object_), binary_data=True)
+        outputs = [
+            tc.InferRequestedOutput("class_ids", binary_data=True),
+            tc.InferRequestedOutput("scores", binary_data=False),
+        ]
+        result = client.infer("tiny", [image], outputs=outputs, headers=HEADERS)
+        ids = result.as_numpy("class_ids")
+        scores = result.as_numpy("scores")
+    finally:
+        client.close()
+    assert ids.shape == (len(IMAGES), 3) and ids.dtype == np.int64
+    assert ids.tolist() == expected.indices.tolist()
+    np.testing.assert_allclose(scores, expected.values.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_token_is_refused(url: str) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    client = tc.InferenceServerClient(url=url)
+    try:
+        with pytest.raises(InferenceServerException):
+            client.get_model_metadata("tiny", headers={"Authorization": "Bearer nope"})
+    finally:
+        client.close()
