@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 import time
 from typing import Any
@@ -14,6 +16,7 @@ from _imagegen import encode_jpeg, jpeg_rgb
 from _models import FailOnDark, GatedNet, TinyNet
 
 import stoker
+from stoker import _native
 
 SPEC = stoker.ImageSpec(size=40, crop=32, mean=stoker.IMAGENET_MEAN, std=stoker.IMAGENET_STD)
 
@@ -201,6 +204,37 @@ def test_burst_beyond_capacity_answers_every_accepted_request_exactly_once() -> 
     assert rejected > 0
     assert sorted(answered) == sorted(set(answered))
     assert len(answered) == len(futures) == 2000 - rejected
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc")
+def test_repeated_bursts_keep_memory_bounded() -> None:
+    data = images(8)
+
+    def burst(engine: stoker.Engine) -> int:
+        accepted = []
+        for i in range(1500):
+            with contextlib.suppress(stoker.QueueFullError):
+                accepted.append(engine.submit(data[i % len(data)]))
+        for f in accepted:
+            f.result(timeout=60)
+        return len(accepted)
+
+    with stoker.Engine(TinyNet(), SPEC, max_batch_size=16, capacity=64, max_delay_ms=1) as engine:
+        burst(engine)  # warm-up: worker buffers, weight caches, allocator pools
+        arena = _native.arena_stats()
+        rss = _rss_bytes()
+        served = sum(burst(engine) for _ in range(5))
+        assert served > 0
+        assert engine.waiting == 0 and not engine._pending
+        after = _native.arena_stats()
+        assert after["live_bytes"] == arena["live_bytes"]
+        assert after["cached_bytes"] <= arena["cached_bytes"]
+        assert _rss_bytes() - rss < 64 << 20
 
 
 def test_close_answers_queued_requests_and_refuses_new_ones() -> None:
