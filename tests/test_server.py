@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -307,3 +307,46 @@ def test_cli_serve_validates_its_arguments() -> None:
     result = runner.invoke(app, ["serve"])
     assert result.exit_code == 2
     assert "--model or --config" in result.output
+
+
+def test_a_client_that_leaves_mid_body_costs_nothing() -> None:
+    async def main() -> None:
+        app = server()
+        async with app.router.lifespan_context(app):
+            sent: list[dict[str, Any]] = []
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": "/v1/models/tiny/classify",
+                "raw_path": b"/v1/models/tiny/classify",
+                "query_string": b"",
+                "root_path": "",
+                "headers": [
+                    (b"content-type", b"image/jpeg"),
+                    (b"authorization", f"Bearer {TOKEN}".encode()),
+                ],
+                "client": ("127.0.0.1", 1),
+                "server": ("127.0.0.1", 8000),
+            }
+            messages: list[dict[str, Any]] = [
+                {"type": "http.request", "body": IMAGES[0][:100], "more_body": True},
+                {"type": "http.disconnect"},
+            ]
+
+            async def receive() -> dict[str, Any]:
+                return messages.pop(0)
+
+            async def send(message: MutableMapping[str, Any]) -> None:
+                sent.append(dict(message))
+
+            await app(scope, receive, send)
+            assert sent[0]["status"] == 499
+            r = await post_image(
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s")
+            )
+            assert r.status_code == 200
+
+    asyncio.run(main())
