@@ -292,3 +292,28 @@ def test_bad_request_arguments_are_refused() -> None:
             engine.submit(b"x", priority="urgent")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="timeout_ms"):
             engine.submit(b"x", timeout_ms=0)
+
+
+def test_buffers_go_to_the_native_queue_without_copies_and_stay_pinned() -> None:
+    model = GatedNet()
+    data = images(2)
+    frame = bytearray(b"\0" * 10 + data[0] + b"\0" * 10)
+    with stoker.Engine(model, SPEC, max_batch_size=2, max_delay_ms=1) as engine:
+        sliced = engine.submit(memoryview(frame)[10:-10])
+        held = bytearray(data[1])
+        whole = engine.submit(held)
+        model.entered.wait(10)
+        # While queued, the engine's view pins the buffer: it cannot be resized under it.
+        with pytest.raises(BufferError):
+            held.extend(b"x")
+        model.gate.set()
+        expected = reference(TinyNet(), data)
+        torch.testing.assert_close(sliced.result(timeout=30), expected[0])
+        torch.testing.assert_close(whole.result(timeout=30), expected[1])
+        wait_until(lambda: not engine._pending)
+    held.extend(b"x")  # answered: the view is gone
+    with stoker.Engine(TinyNet(), SPEC) as engine:
+        with pytest.raises(ValueError, match="contiguous"):
+            engine.submit(memoryview(bytes(range(20)))[::2])
+        with pytest.raises(TypeError, match="bytes-like"):
+            engine.submit("not bytes")  # type: ignore[arg-type]

@@ -97,15 +97,26 @@ void register_engine(nb::module_& m) {
            nb::arg("slots"), nb::arg("pinned"))
       .def(
           "submit",
-          [](Feeder& f, uint64_t id, nb::bytes data, bool high, int64_t deadline_ns) {
+          [](Feeder& f, uint64_t id, nb::handle data, bool high, int64_t deadline_ns) {
             const SteadyClock::time_point deadline =
                 deadline_ns > 0 ? SteadyClock::time_point(std::chrono::nanoseconds(deadline_ns))
                                 : SteadyClock::time_point::max();
-            return int(f.submit(id, high ? Priority::kHigh : Priority::kNormal, deadline,
-                                static_cast<const uint8_t*>(data.data()), data.size()));
+            // The pointer outlives this buffer export: the caller keeps `data` (bytes, or a
+            // memoryview, which pins its own export of the underlying object) until answered.
+            Py_buffer view;
+            if (PyObject_GetBuffer(data.ptr(), &view, PyBUF_SIMPLE) != 0) {
+              PyErr_Clear();
+              throw nb::type_error("data must be a contiguous bytes-like object");
+            }
+            const auto* ptr = static_cast<const uint8_t*>(view.buf);
+            const size_t size = size_t(view.len);
+            PyBuffer_Release(&view);
+            return int(
+                f.submit(id, high ? Priority::kHigh : Priority::kNormal, deadline, ptr, size));
           },
           nb::arg("id"), nb::arg("data"), nb::arg("high"), nb::arg("deadline_ns"),
-          "Queue a request; the caller keeps `data` alive until it is answered.\n"
+          "Queue a request (bytes or a contiguous memoryview); the caller keeps `data` alive and\n"
+          "unchanged until it is answered.\n"
           "Returns 0 accepted, 1 queue full, 2 closed, 3 duplicate id.")
       .def("cancel", &Feeder::cancel, nb::arg("id"),
            "Remove a waiting request; False when it already left the queue.")

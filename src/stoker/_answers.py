@@ -25,7 +25,11 @@ class Pending:
     __slots__ = ("loop", "payload", "timed", "waiter")
 
     def __init__(
-        self, waiter: Waiter, payload: bytes, loop: asyncio.AbstractEventLoop | None, timed: bool
+        self,
+        waiter: Waiter,
+        payload: bytes | memoryview,
+        loop: asyncio.AbstractEventLoop | None,
+        timed: bool,
     ) -> None:
         self.waiter = waiter
         self.payload = payload

@@ -165,7 +165,9 @@ class Engine:
         loop: asyncio.AbstractEventLoop | None,
         timed: bool,
     ) -> tuple[int, Waiter]:
-        data = image if type(image) is bytes else bytes(image)
+        # bytes are immutable; any other buffer is held through a memoryview, whose export keeps
+        # a bytearray from being resized while the native queue points into it. No copies.
+        data = image if type(image) is bytes else _byte_view(image)
         if priority not in ("normal", "high"):
             raise ValueError(f"priority must be 'normal' or 'high', got {priority!r}")
         deadline = 0
@@ -301,7 +303,7 @@ class Engine:
         while (ids := self._feeder.next_expired()) is not None:
             self._expire(ids)
 
-    def _payload(self, rid: int) -> bytes:
+    def _payload(self, rid: int) -> bytes | memoryview:
         p = self._pending.get(rid)
         return p.payload if p is not None else b""
 
@@ -364,6 +366,16 @@ class Engine:
                 value = (value, Timings(float(queue_us[row]), *shared, float(total_us[row]), n))
             outcomes.append((p, errors.get(row), value))
         deliver(outcomes)
+
+
+def _byte_view(image: Any) -> memoryview:
+    try:
+        view = memoryview(image)
+    except TypeError:
+        raise TypeError(f"an image must be bytes-like, got {type(image).__name__}") from None
+    if not view.c_contiguous:
+        raise ValueError("an image buffer must be contiguous")
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def _shutdown(feeder: Any, threads: list[threading.Thread]) -> None:

@@ -31,7 +31,7 @@ class GpuDecoder:
         self._device = device
 
     def __call__(
-        self, landing: torch.Tensor, rows: Sequence[int], payloads: Sequence[bytes]
+        self, landing: torch.Tensor, rows: Sequence[int], payloads: Sequence[bytes | memoryview]
     ) -> dict[int, Exception]:
         from stoker._gpu_decode import decode_jpegs
         from stoker._gpu_resize import resize_into

@@ -120,9 +120,10 @@ class Feeder:
         slots: int,
         pinned: bool,
     ) -> None: ...
-    def submit(self, id: int, data: bytes, high: bool, deadline_ns: int) -> int:
+    def submit(self, id: int, data: object, high: bool, deadline_ns: int) -> int:
         """
-        Queue a request; the caller keeps `data` alive until it is answered.
+        Queue a request (bytes or a contiguous memoryview); the caller keeps `data` alive and
+        unchanged until it is answered.
         Returns 0 accepted, 1 queue full, 2 closed, 3 duplicate id.
         """
 

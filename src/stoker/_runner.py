@@ -30,7 +30,9 @@ _TORCH_DTYPES = {
     "bfloat16": torch.bfloat16,
 }
 
-DeferredDecode = Callable[[torch.Tensor, Sequence[int], Sequence[bytes]], dict[int, Exception]]
+DeferredDecode = Callable[
+    [torch.Tensor, Sequence[int], Sequence[bytes | memoryview]], dict[int, Exception]
+]
 
 
 @dataclass
@@ -90,7 +92,7 @@ class CpuRunner:
         self._channels_last = channels_last and spec.layout == "NCHW"
 
     def launch(
-        self, slot: int, n: int, deferred: Sequence[int], payloads: Sequence[bytes]
+        self, slot: int, n: int, deferred: Sequence[int], payloads: Sequence[bytes | memoryview]
     ) -> Flight:
         x = self._views[slot][:n]
         if self._dtype is not None and x.dtype != self._dtype:
@@ -200,7 +202,7 @@ class CudaRunner:
         return self._buckets[-1]
 
     def launch(
-        self, slot: int, n: int, deferred: Sequence[int], payloads: Sequence[bytes]
+        self, slot: int, n: int, deferred: Sequence[int], payloads: Sequence[bytes | memoryview]
     ) -> Flight:
         k = self._turn
         self._turn ^= 1

@@ -69,8 +69,9 @@ class InputTensor:
     data: list[Any] | None
     raw: bytes | memoryview | None
 
-    def elements_bytes(self) -> list[bytes]:
-        """The elements of a BYTES tensor, row-major."""
+    def elements_bytes(self) -> list[bytes] | list[memoryview]:
+        """The elements of a BYTES tensor, row-major; from binary data, views into the body
+        (no copies: an image goes from the request body to the engine as it is)."""
         who, count = f"input {self.name!r}", math.prod(self.shape)
         if self.datatype != "BYTES":
             raise ProtocolError(f"{who} has datatype {self.datatype}, not BYTES")
@@ -297,9 +298,10 @@ def _check_binary_size(who: str, datatype: str, shape: list[int], size: int) -> 
         raise ProtocolError(f"{who}: {size} bytes of data, but {datatype} {shape} is {expected}")
 
 
-def _split_prefixed(who: str, raw: bytes | memoryview, count: int) -> list[bytes]:
-    items: list[bytes] = []
-    offset, end = 0, memoryview(raw).nbytes
+def _split_prefixed(who: str, raw: bytes | memoryview, count: int) -> list[memoryview]:
+    items: list[memoryview] = []
+    view = memoryview(raw)
+    offset, end = 0, view.nbytes
     while offset < end:
         if end - offset < 4:
             raise ProtocolError(f"{who}: truncated BYTES length prefix at byte {offset}")
@@ -308,7 +310,7 @@ def _split_prefixed(who: str, raw: bytes | memoryview, count: int) -> list[bytes
         if length > end - offset:
             left = end - offset
             raise ProtocolError(f"{who}: BYTES element {len(items)} is {length} bytes; {left} left")
-        items.append(bytes(raw[offset : offset + length]))
+        items.append(view[offset : offset + length])
         offset += length
     if len(items) != count:
         raise ProtocolError(f"{who} has {len(items)} BYTES elements; its shape needs {count}")

@@ -59,7 +59,7 @@ class ImageClassification:
         }
 
     async def run(
-        self, images: Sequence[bytes], timeout_ms: float | None
+        self, images: Sequence[bytes] | Sequence[memoryview], timeout_ms: float | None
     ) -> list[tuple[Any, Timings]]:
         """Every image's result; the first failure (in request order) is raised."""
         if len(images) == 1:  # the common case, without gather's task machinery
