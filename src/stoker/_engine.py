@@ -199,12 +199,8 @@ class Engine:
         timeout_ms: float | None = None,
     ) -> Any:
         """This image's result; cancelling the awaiting task removes a queued request."""
-        rid, waiter = self._submit(image, priority, timeout_ms, asyncio.get_running_loop(), False)
-        try:
-            return await waiter  # type: ignore[misc]
-        except asyncio.CancelledError:
-            self._cancel(rid)
-            raise
+        loop = asyncio.get_running_loop()
+        return await self._wait(*self._submit(image, priority, timeout_ms, loop, False))
 
     async def infer_timed(
         self,
@@ -214,13 +210,18 @@ class Engine:
         timeout_ms: float | None = None,
     ) -> tuple[Any, Timings]:
         """``infer`` plus where this request's time went."""
-        rid, waiter = self._submit(image, priority, timeout_ms, asyncio.get_running_loop(), True)
+        loop = asyncio.get_running_loop()
+        result: tuple[Any, Timings] = await self._wait(
+            *self._submit(image, priority, timeout_ms, loop, True)
+        )
+        return result
+
+    async def _wait(self, rid: int, waiter: Waiter) -> Any:
         try:
-            result: tuple[Any, Timings] = await waiter  # type: ignore[misc]
+            return await waiter  # type: ignore[misc]
         except asyncio.CancelledError:
             self._cancel(rid)
             raise
-        return result
 
     def submit(
         self,
