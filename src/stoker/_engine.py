@@ -24,6 +24,7 @@ import torch
 
 from stoker import _native
 from stoker._answers import Pending, Waiter, batch_timings, deliver, settle, split_rows
+from stoker._buffers import byte_view
 from stoker._errors import (
     DeadlineExceededError,
     EngineClosedError,
@@ -167,7 +168,7 @@ class Engine:
     ) -> tuple[int, Waiter]:
         # bytes are immutable; any other buffer is held through a memoryview, whose export keeps
         # a bytearray from being resized while the native queue points into it. No copies.
-        data = image if type(image) is bytes else _byte_view(image)
+        data = image if type(image) is bytes else byte_view(image)
         if priority not in ("normal", "high"):
             raise ValueError(f"priority must be 'normal' or 'high', got {priority!r}")
         deadline = 0
@@ -367,16 +368,6 @@ class Engine:
                 value = (value, Timings(float(queue_us[row]), *shared, float(total_us[row]), n))
             outcomes.append((p, errors.get(row), value))
         deliver(outcomes)
-
-
-def _byte_view(image: Any) -> memoryview:
-    try:
-        view = memoryview(image)
-    except TypeError:
-        raise TypeError(f"an image must be bytes-like, got {type(image).__name__}") from None
-    if not view.c_contiguous:
-        raise ValueError("an image buffer must be contiguous")
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def _shutdown(feeder: Any, threads: list[threading.Thread]) -> None:

@@ -14,14 +14,11 @@ from typing import Any
 
 import torch
 
+from stoker._buffers import byte_view
+
 __all__ = ["decode_jpegs", "gpu_decode_available"]
 
 Payload = bytes | bytearray | memoryview
-
-
-def _bytes_view(payload: Payload) -> memoryview:
-    view = memoryview(payload)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def _torchvision_io() -> Any:
@@ -54,7 +51,7 @@ def gpu_decode_available(device: torch.device | str) -> bool:
 
 
 def _as_tensor(payload: Payload) -> torch.Tensor:
-    view = _bytes_view(payload)
+    view = byte_view(payload)
     if len(view) == 0:
         raise ValueError("empty image data")
     with warnings.catch_warnings():

@@ -19,11 +19,11 @@ import torch
 
 from stoker._spec import ImageSpec
 
-__all__ = ["CpuRunner", "CudaRunner", "Flight", "buckets_for"]
+__all__ = ["TORCH_DTYPES", "CpuRunner", "CudaRunner", "Flight", "buckets_for"]
 
 log = logging.getLogger("stoker.engine")
 
-_TORCH_DTYPES = {
+TORCH_DTYPES = {
     "uint8": torch.uint8,
     "float32": torch.float32,
     "float16": torch.float16,
@@ -60,7 +60,7 @@ def buckets_for(max_batch_size: int, preferred: Sequence[int] | None) -> list[in
 
 
 def _slot_tensor(flat: npt.NDArray[np.uint8], spec: ImageSpec, rows: int) -> torch.Tensor:
-    data = torch.from_numpy(flat).view(_TORCH_DTYPES[spec.dtype])
+    data = torch.from_numpy(flat).view(TORCH_DTYPES[spec.dtype])
     return data.view(rows, *spec.item_shape)
 
 
@@ -149,7 +149,7 @@ class CudaRunner:
         self._deferred_decode = deferred_decode
         self._channels_last = channels_last
         self._out_dtype = dtype or (
-            torch.float32 if user_spec.dtype == "uint8" else _TORCH_DTYPES[user_spec.dtype]
+            torch.float32 if user_spec.dtype == "uint8" else TORCH_DTYPES[user_spec.dtype]
         )
         self._raw = user_spec.dtype == "uint8" and dtype in (None, torch.uint8)
         mean = user_spec.mean or (0.0, 0.0, 0.0)

@@ -48,9 +48,11 @@ def status_of(error: Exception) -> HTTPError:
 
 
 def server_timing(results: list[tuple[Any, Timings]]) -> str:
+    if len(results) == 1:
+        return results[0][1].server_timing()
     # A request with several images waited as long as its slowest image in each stage.
     worst = [max(getattr(t, s) for _, t in results) for s in STAGES]
-    return ", ".join(f"{s};dur={v / 1000:.3f}" for s, v in zip(STAGES, worst, strict=True))
+    return Timings._make([*worst, max(t.batch_size for _, t in results)]).server_timing()
 
 
 class Front:

@@ -11,17 +11,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from stoker._engine import Engine
 from stoker._models import ModelLike, top_k
+from stoker._runner import TORCH_DTYPES
 from stoker._stats import Timings
 from stoker.server._config import ModelConfig
 from stoker.server._kserve import OutputTensor
 
 __all__ = ["ImageClassification"]
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ImageClassification:
@@ -36,7 +34,7 @@ class ImageClassification:
             config.model if model is None else model,
             config.spec(),
             device=config.device,
-            dtype=_DTYPES[config.dtype] if config.dtype else None,
+            dtype=TORCH_DTYPES[config.dtype] if config.dtype else None,
             weights=config.weights if model is None else None,
             max_batch_size=config.max_batch_size,
             max_delay_ms=config.max_delay_ms,
