@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ from _imagegen import jpeg_rgb
 from _models import TinyNet
 
 import stoker
-from stoker.server import ModelConfig, ServerConfig, create_app
+from stoker.server import ModelConfig, NativeServer, ServerConfig, create_app
 
 tc = pytest.importorskip("tritonclient.http")
 
@@ -32,11 +33,11 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    port = free_port()
-    app = create_app(ServerConfig(models=(MODEL,), port=port, token=TOKEN), {"tiny": TinyNet()})
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+def uvicorn_server(config: ServerConfig) -> Iterator[str]:
+    app = create_app(config, {"tiny": TinyNet()})
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="error")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -44,9 +45,35 @@ def url() -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the server did not start")
         time.sleep(0.01)
-    yield f"127.0.0.1:{port}"
+    yield f"127.0.0.1:{config.port}"
     server.should_exit = True
     thread.join(timeout=20)
+
+
+def native_server(config: ServerConfig) -> Iterator[str]:
+    server = NativeServer(config, {"tiny": TinyNet()})
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(server.serve(stop))
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.port}"
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(timeout=20)
+
+
+@pytest.fixture(scope="module", params=["uvicorn", "native"])
+def url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The same tests against both fronts: uvicorn with FastAPI, and stoker's native server."""
+    config = ServerConfig(models=(MODEL,), port=free_port(), token=TOKEN)
+    run = uvicorn_server if request.param == "uvicorn" else native_server
+    yield from run(config)
 
 
 def test_health_and_metadata(url: str) -> None:

@@ -18,5 +18,7 @@ HostArena& arena();
 void register_image(nb::module_& m);
 void register_runtime(nb::module_& m);
 void register_engine(nb::module_& m);
+void register_loadgen(nb::module_& m);
+void register_gateway(nb::module_& m);
 
 }  // namespace stoker::bindings

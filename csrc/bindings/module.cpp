@@ -8,4 +8,6 @@ NB_MODULE(_native, m) {
   stoker::bindings::register_image(m);
   stoker::bindings::register_runtime(m);
   stoker::bindings::register_engine(m);
+  stoker::bindings::register_loadgen(m);
+  stoker::bindings::register_gateway(m);
 }

@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -15,10 +15,33 @@ import torch
 
 from stoker._runner import Flight
 
-__all__ = ["Pending", "Waiter", "batch_timings", "deliver", "settle", "split_rows"]
+__all__ = ["AnswerSink", "Pending", "Waiter", "batch_timings", "deliver", "settle", "split_rows"]
 
 Waiter = asyncio.Future[Any] | Future[Any]
 Outcome = tuple["Pending", BaseException | None, Any]
+
+
+class AnswerSink(Protocol):
+    """Answers the requests a native front queued itself; their ids carry ``id_bit``.
+
+    The engine hands every batch, failure and expiry to the sink, which picks out its own ids.
+    """
+
+    id_bit: int
+
+    def payload(self, rid: int) -> bytes: ...
+
+    def answer(
+        self,
+        ids: npt.NDArray[np.uint64],
+        results: Sequence[Any],
+        queue_us: npt.NDArray[np.int64],
+        total_us: npt.NDArray[np.int64],
+        shared: Sequence[float],
+        errors: dict[int, BaseException],
+    ) -> None: ...
+
+    def fail(self, ids: npt.NDArray[np.uint64], error: BaseException) -> None: ...
 
 
 class Pending:

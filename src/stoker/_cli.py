@@ -42,6 +42,14 @@ def serve(
         str | None, typer.Option(help="bearer token required on all but health endpoints")
     ] = None,
     timeout_ms: Annotated[float | None, typer.Option(help="per-request queue deadline")] = None,
+    gpu_decode: Annotated[
+        str | None, typer.Option(help="share of JPEGs decoded on the GPU (0..1) or 'auto'")
+    ] = None,
+    front: Annotated[
+        Literal["native", "uvicorn"],
+        typer.Option(help="native: the C++ HTTP server takes the hot path; uvicorn: all Python"),
+    ] = "native",
+    io_threads: Annotated[int, typer.Option(help="native front: I/O threads")] = 1,
     log_level: Annotated[str, typer.Option()] = "warning",
 ) -> None:
     """Serve models over HTTP: KServe v2 (Open Inference Protocol), a plain image endpoint and
@@ -77,9 +85,29 @@ def serve(
             max_delay_ms=max_delay_ms,
             capacity=capacity,
             top_k=top_k,
+            gpu_decode=_share(gpu_decode),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         settings = ServerConfig(models=(served,), **given)
     if weights is None and config is None and not Path(model or "").is_file():
         typer.echo(f"note: {model} runs with random weights (no --weights given)", err=True)
+    if front == "native":
+        import logging
+
+        from stoker.server import serve_native
+
+        logging.basicConfig(level=log_level.upper())
+        serve_native(settings, io_threads=io_threads)
+        return
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+
+
+def _share(value: str | None) -> float | Literal["auto"] | None:
+    if value is None or value == "auto":
+        return value  # type: ignore[return-value]
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"--gpu-decode takes a share in [0, 1] or 'auto', not {value!r}"
+        ) from None

@@ -23,7 +23,15 @@ import numpy as np
 import torch
 
 from stoker import _native
-from stoker._answers import Pending, Waiter, batch_timings, deliver, settle, split_rows
+from stoker._answers import (
+    AnswerSink,
+    Pending,
+    Waiter,
+    batch_timings,
+    deliver,
+    settle,
+    split_rows,
+)
 from stoker._buffers import byte_view
 from stoker._errors import (
     DeadlineExceededError,
@@ -31,7 +39,7 @@ from stoker._errors import (
     QueueFullError,
     image_error,
 )
-from stoker._hybrid import GpuDecoder, SharePolicy
+from stoker._hybrid import DecodeAhead, Decoded, check_share, gpu_decode_setup
 from stoker._models import ModelLike, load_model
 from stoker._preprocess import enable_pinning
 from stoker._runner import CpuRunner, CudaRunner, Flight, buckets_for
@@ -69,16 +77,7 @@ class Engine:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if not max_delay_ms >= 0:
             raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}")
-        if (
-            gpu_decode is not None
-            and gpu_decode != "auto"
-            and not (
-                isinstance(gpu_decode, (int, float))
-                and not isinstance(gpu_decode, bool)
-                and 0.0 <= gpu_decode <= 1.0
-            )
-        ):
-            raise ValueError(f"gpu_decode must be a share in [0, 1] or 'auto', got {gpu_decode!r}")
+        check_share(gpu_decode)
         if staging_slots < 2:
             raise ValueError(f"staging_slots must be at least 2, got {staging_slots}")
         self.spec = preprocess if preprocess is not None else ImageSpec()
@@ -113,17 +112,9 @@ class Engine:
             pinned,
         )
         slots = [self._feeder.slot(i) for i in range(staging_slots)]
-        self._share_policy: SharePolicy | None = None
-        decoder = None
-        if gpu_decode is not None:
-            if not cuda:
-                raise ValueError("gpu_decode needs a CUDA device")
-            decoder = GpuDecoder(staging, self.device)
-            if gpu_decode == "auto":
-                self._share_policy = SharePolicy(initial=0.25)
-                self._feeder.set_gpu_share(0.25)
-            else:
-                self._feeder.set_gpu_share(float(gpu_decode))
+        decoder, self._share_policy = gpu_decode_setup(
+            gpu_decode, staging, self.device, self._feeder
+        )
         self._runner: CpuRunner | CudaRunner
         if cuda:
             self._runner = CudaRunner(
@@ -145,6 +136,7 @@ class Engine:
         self._stats = StageStats()
         self._ids = itertools.count(1)
         self._pending: dict[int, Pending] = {}
+        self._sink: AnswerSink | None = None
         self._flights: queue.SimpleQueue[tuple[Any, Flight, int] | None] = queue.SimpleQueue()
         self._closed = False
         self._threads = [
@@ -152,6 +144,11 @@ class Engine:
             threading.Thread(target=self._completion_loop, name="stoker-completion", daemon=True),
             threading.Thread(target=self._expiry_loop, name="stoker-expiry", daemon=True),
         ]
+        self._ahead = (
+            DecodeAhead(self._feeder, decoder, self._payload) if decoder is not None else None
+        )
+        if self._ahead is not None:
+            self._threads.append(self._ahead.thread)
         for t in self._threads:
             t.start()
         self._finalizer = weakref.finalize(self, _shutdown, self._feeder, self._threads)
@@ -248,6 +245,15 @@ class Engine:
         """The blocking form of ``infer``, for threads."""
         return self.submit(image, priority=priority, timeout_ms=timeout_ms).result()
 
+    def attach(self, sink: AnswerSink) -> None:
+        """Answer requests that a native front queued on ``feeder`` (ids with the sink's bit)."""
+        self._sink = sink
+
+    @property
+    def feeder(self) -> Any:
+        """The native feeder, for a native front that queues requests itself."""
+        return self._feeder
+
     # --- state -----------------------------------------------------------------------------
 
     @property
@@ -286,26 +292,34 @@ class Engine:
     # --- engine threads --------------------------------------------------------------------
 
     def _device_loop(self) -> None:
-        feeder = self._feeder
-        while (batch := feeder.next()) is not None:
+        while (item := self._next_batch()) is not None:
+            batch, decoded = item
             picked = time.monotonic_ns()
             try:
-                deferred = list(batch.deferred)
-                payloads = [self._payload(int(batch.ids[r])) for r in deferred]
-                flight = self._runner.launch(batch.slot, batch.size, deferred, payloads)
+                if isinstance(decoded, Exception):
+                    raise decoded
+                flight = self._runner.launch(batch.slot, batch.size, list(batch.deferred), decoded)
             except Exception as e:  # the model failed: this batch fails, the engine goes on
-                feeder.release(batch.slot)
+                self._feeder.release(batch.slot)
                 self._fail(batch.ids, e)
                 continue
-            feeder.release(batch.slot)
+            self._feeder.release(batch.slot)
             self._flights.put((batch, flight, picked))
         self._flights.put(None)
+
+    def _next_batch(self) -> tuple[Any, Decoded | Exception | None] | None:
+        if self._ahead is not None:
+            return self._ahead.next()
+        batch = self._feeder.next()
+        return None if batch is None else (batch, None)
 
     def _expiry_loop(self) -> None:
         while (ids := self._feeder.next_expired()) is not None:
             self._expire(ids)
 
     def _payload(self, rid: int) -> bytes | memoryview:
+        if self._sink is not None and rid & self._sink.id_bit:
+            return self._sink.payload(rid)
         p = self._pending.get(rid)
         return p.payload if p is not None else b""
 
@@ -327,12 +341,16 @@ class Engine:
             self._answer(batch, flight, results, picked, post_us)
 
     def _expire(self, ids: np.ndarray[Any, Any]) -> None:
+        if self._sink is not None:
+            self._sink.fail(ids, DeadlineExceededError("deadline passed in the queue"))
         for rid in ids.tolist():
             p = self._pending.pop(rid, None)
             if p is not None:
                 deliver([(p, DeadlineExceededError("deadline passed in the queue"), None)])
 
     def _fail(self, ids: np.ndarray[Any, Any], error: Exception) -> None:
+        if self._sink is not None:
+            self._sink.fail(ids, error)
         outcomes: list[tuple[Pending, BaseException | None, Any]] = []
         for rid in ids.tolist():
             p = self._pending.pop(rid, None)
@@ -358,6 +376,8 @@ class Engine:
             self._feeder.set_gpu_share(share)
         errors: dict[int, BaseException] = {r: image_error(k, m) for r, k, m in batch.errors}
         errors.update(flight.failed)
+        if self._sink is not None:
+            self._sink.answer(batch.ids, results, queue_us, total_us, shared, errors)
         outcomes = []
         for row, rid in enumerate(batch.ids.tolist()):
             p = self._pending.pop(rid, None)

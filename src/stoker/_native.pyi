@@ -1,7 +1,7 @@
 """stoker's native data plane"""
 
 from collections.abc import Callable, Sequence
-from typing import Annotated
+from typing import Annotated, Final
 
 import numpy
 from numpy.typing import NDArray
@@ -177,3 +177,129 @@ class Histogram:
 
 def jpeg_gpu_friendly(data: bytes) -> bool:
     """Whether a GPU JPEG decoder gives this image the CPU path's pixels."""
+
+class LoadGenerator:
+    """Native HTTP/1.1 load generator over keep-alive connections (epoll)."""
+
+    def __init__(
+        self,
+        *,
+        requests: Sequence[bytes],
+        host: str = "127.0.0.1",
+        port: int,
+        connections: int = 64,
+        threads: int = 1,
+        rate: float = 0.0,
+        warmup_s: float = 1.0,
+        duration_s: float = 10.0,
+        max_requests: int = 0,
+        timeout_s: float = 30.0,
+        seed: int = 1,
+    ) -> None:
+        """
+        requests: complete HTTP/1.1 requests as bytes; connection i starts at request i % n
+        and walks them round-robin. rate: Poisson arrivals per second (open loop; latency
+        from the scheduled time), or 0 for a closed loop. Raises ValueError on a bad setting.
+        """
+
+    def start(self) -> None:
+        """Launch the I/O threads; the warm-up starts now."""
+
+    @property
+    def completed(self) -> int:
+        """Measured completions so far."""
+
+    @property
+    def done(self) -> bool:
+        """Whether wait() would return at once."""
+
+    def stop(self) -> None:
+        """End the run early; idempotent."""
+
+    def wait(self) -> dict:
+        """
+        Wait for the run to end and return its report: a dict of elapsed_s, sent, completed,
+        timeouts, transport_errors, late, unsent, cpu_s, statuses {status: count}, latency
+        and server_timing {name: histogram}, histograms (µs) as Histogram.snapshot() tuples.
+        """
+
+class Gateway:
+    """Native HTTP server feeding models' feeders directly."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        io_threads: int,
+        token: str,
+        max_body_bytes: int,
+        max_images_per_request: int,
+        timeout_us: int,
+        models: Sequence[tuple[str, Feeder, Sequence[str]]],
+    ) -> None:
+        """
+        Bind host:port (0: any free port). `models` holds (name, feeder, output names).
+        """
+
+    @property
+    def port(self) -> int: ...
+    @property
+    def forwarded(self) -> int:
+        """Requests handed to Python so far."""
+
+    id_bit: Final[int] = ...
+    """(arg: object, /) -> int"""
+
+    def start(self) -> None:
+        """Start serving."""
+
+    def shutdown(self, drain_s: float) -> None:
+        """
+        Stop accepting, let requests in flight finish for up to drain_s, close.
+        """
+
+    def next_forwarded(self) -> list:
+        """
+        Wait for requests left to Python: [(token, method, path, query, headers, body)];
+        an empty list once shut down.
+        """
+
+    def respond(
+        self, token: int, status: int, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> None:
+        """Answer a forwarded request."""
+
+    def payload(self, id: int) -> bytes:
+        """A queued element's image bytes (empty when unknown)."""
+
+    def answer(
+        self,
+        ids: Annotated[
+            NDArray[numpy.uint64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+        outputs: Sequence[
+            tuple[str, str, Annotated[NDArray, dict(order="C", device="cpu", writable=False)]]
+        ],
+        timings: Annotated[
+            NDArray[numpy.float64],
+            dict(shape=(None, None), order="C", device="cpu", writable=False),
+        ],
+        errors: Sequence[tuple[int, int, str]],
+    ) -> None:
+        """
+        Answer elements: outputs are (name, datatype, array with one row per id), timings
+        (len(ids), 7) µs per stage, errors (row, status, message).
+        """
+
+    def fail(
+        self,
+        ids: Annotated[
+            NDArray[numpy.uint64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+        status: int,
+        message: str,
+    ) -> None:
+        """Fail elements."""
+
+    def counts(self, model: int) -> list[tuple[int, int]]:
+        """[(status, answered requests)] of the model at that index."""

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from stoker._hybrid import Decoded, GpuDecoder
 from stoker._spec import ImageSpec
 
 __all__ = ["TORCH_DTYPES", "CpuRunner", "CudaRunner", "Flight", "buckets_for"]
@@ -29,10 +30,6 @@ TORCH_DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-
-DeferredDecode = Callable[
-    [torch.Tensor, Sequence[int], Sequence[bytes | memoryview]], dict[int, Exception]
-]
 
 
 @dataclass
@@ -47,6 +44,7 @@ class Flight:
     decode_host_us: float = 0.0  # the device thread's own time in that call (header parsing)
     failed: dict[int, Exception] = field(default_factory=dict)
     events: tuple[torch.cuda.Event, ...] = ()
+    keep: Any = None  # device memory the batch's kernels read, held until it completes
 
 
 def buckets_for(max_batch_size: int, preferred: Sequence[int] | None) -> list[int]:
@@ -91,9 +89,7 @@ class CpuRunner:
         self._dtype = dtype
         self._channels_last = channels_last and spec.layout == "NCHW"
 
-    def launch(
-        self, slot: int, n: int, deferred: Sequence[int], payloads: Sequence[bytes | memoryview]
-    ) -> Flight:
+    def launch(self, slot: int, n: int, deferred: Sequence[int], decoded: Decoded | None) -> Flight:
         x = self._views[slot][:n]
         if self._dtype is not None and x.dtype != self._dtype:
             x = x.to(self._dtype)
@@ -131,7 +127,7 @@ class CudaRunner:
         channels_last: bool,
         buckets: Sequence[int],
         cuda_graphs: bool,
-        deferred_decode: DeferredDecode | None,
+        decoder: GpuDecoder | None,
     ) -> None:
         h, w = user_spec.output_size
         self._model = model
@@ -146,7 +142,7 @@ class CudaRunner:
         self._landing.append(torch.empty_like(self._landing[0]))
         self._landing_free = [torch.cuda.Event() for _ in range(2)]  # type: ignore[no-untyped-call]
         self._turn = 0
-        self._deferred_decode = deferred_decode
+        self._decoder = decoder
         self._channels_last = channels_last
         self._out_dtype = dtype or (
             torch.float32 if user_spec.dtype == "uint8" else TORCH_DTYPES[user_spec.dtype]
@@ -201,9 +197,7 @@ class CudaRunner:
                 return b
         return self._buckets[-1]
 
-    def launch(
-        self, slot: int, n: int, deferred: Sequence[int], payloads: Sequence[bytes | memoryview]
-    ) -> Flight:
+    def launch(self, slot: int, n: int, deferred: Sequence[int], decoded: Decoded | None) -> Flight:
         k = self._turn
         self._turn ^= 1
         landing = self._landing[k]
@@ -215,10 +209,9 @@ class CudaRunner:
             ev[0].record()
             landing[:n].copy_(self._slots[slot][:n], non_blocking=True)
             ev[1].record()
-            if deferred and self._deferred_decode is not None:
-                start = time.perf_counter_ns()
-                failed = self._deferred_decode(landing, deferred, payloads)
-                decode_host_us = (time.perf_counter_ns() - start) / 1000
+            if deferred and decoded is not None and self._decoder is not None:
+                failed = self._decoder.place(landing, deferred, decoded)
+                decode_host_us = decoded.host_us
             ev[2].record()
         with torch.cuda.stream(self._compute), torch.inference_mode():
             self._compute.wait_event(ev[2])
@@ -238,7 +231,9 @@ class CudaRunner:
             ev[5].record()
         # The slot may go back to the ring only once its bytes are on the device.
         ev[1].synchronize()
-        return Flight(out, n, decode_host_us=decode_host_us, failed=failed, events=tuple(ev))
+        return Flight(
+            out, n, decode_host_us=decode_host_us, failed=failed, events=tuple(ev), keep=decoded
+        )
 
     def wait(self, flight: Flight) -> None:
         """Blocks until the batch's output is computed, then reads its stage times."""

@@ -5,5 +5,13 @@ Needs the ``server`` extra (FastAPI, uvicorn, prometheus-client, python-multipar
 
 from stoker.server._app import create_app
 from stoker.server._config import ModelConfig, ServerConfig, load_config
+from stoker.server._gateway import NativeServer, serve_native
 
-__all__ = ["ModelConfig", "ServerConfig", "create_app", "load_config"]
+__all__ = [
+    "ModelConfig",
+    "NativeServer",
+    "ServerConfig",
+    "create_app",
+    "load_config",
+    "serve_native",
+]

@@ -122,6 +122,7 @@ def create_app(config: ServerConfig, models: Mapping[str, ModelLike] | None = No
         front.close()
 
     app = FastAPI(title="stoker", version="0.1.0", lifespan=lifespan)
+    app.state.front = front
     app.add_middleware(HotPath, front=front)
 
     async def body_of(request: Request) -> bytes:

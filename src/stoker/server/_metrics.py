@@ -27,6 +27,7 @@ from stoker._stats import STAGES, HistogramSnapshot
 __all__ = ["ServerMetrics"]
 
 StatsSource = Callable[[], Mapping[str, HistogramSnapshot]]
+CountsSource = Callable[[], Iterable[tuple[str, str, int, int]]]
 DepthSource = Callable[[], int]
 
 _US_PER_S = 1_000_000.0
@@ -166,6 +167,9 @@ class ServerMetrics:
         self._children: dict[tuple[str, str, int], Counter] = {}
         self._engines = _EngineCollector()
         self._registry.register(self._engines)
+        self._native: list[CountsSource] = []
+        self._synced: dict[tuple[str, str, int], int] = {}
+        self._sync_lock = threading.Lock()
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -193,6 +197,19 @@ class ServerMetrics:
         """Stop exporting a model's engine (its request counters stay). KeyError if unknown."""
         self._engines.remove(model)
 
+    def add_native_counts(self, source: CountsSource) -> None:
+        """Requests answered without Python: ``source`` gives running totals as (model,
+        endpoint, code, count); they join the request counter at each scrape."""
+        self._native.append(source)
+
     def exposition(self) -> tuple[bytes, str]:
         """The scrape body in Prometheus text format, and its Content-Type."""
+        with self._sync_lock:
+            for source in self._native:
+                for model, endpoint, code, total in source():
+                    key = (model, endpoint, code)
+                    delta = total - self._synced.get(key, 0)
+                    if delta > 0:
+                        self._requests.labels(model, endpoint, str(code)).inc(delta)
+                        self._synced[key] = total
         return generate_latest(self._registry), CONTENT_TYPE_LATEST

@@ -66,13 +66,20 @@ class ImageClassification:
         return list(await asyncio.gather(*jobs))
 
     def outputs(self, results: Sequence[tuple[Any, Timings]]) -> list[OutputTensor]:
+        return self.row_outputs([r for r, _ in results])
+
+    def row_outputs(self, results: Sequence[Any]) -> list[OutputTensor]:
+        """The protocol outputs of engine results, one row per image."""
         k = self.config.top_k
-        ids = np.array([[c for c, _ in r] for r, _ in results], dtype=np.int64).reshape(-1, k)
-        scores = np.array([[s for _, s in r] for r, _ in results], dtype=np.float32).reshape(-1, k)
+        ids = np.array([[c for c, _ in r] for r in results], dtype=np.int64).reshape(-1, k)
+        scores = np.array([[s for _, s in r] for r in results], dtype=np.float32).reshape(-1, k)
         return [
             OutputTensor("class_ids", "INT64", list(ids.shape), ids),
             OutputTensor("scores", "FP32", list(scores.shape), scores),
         ]
+
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.metadata()["outputs"]]
 
     def predictions(self, results: Sequence[tuple[Any, Timings]]) -> list[Any]:
         return [[{"class_id": c, "score": s} for c, s in r] for r, _ in results]

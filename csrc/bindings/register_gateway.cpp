@@ -1,0 +1,156 @@
+// Gateway bindings: the native HTTP hot path. Python only sees requests the gateway forwards
+// (other routes, unusual requests) and one answer call per batch; waiting and answering release
+// the GIL.
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "bindings/bindings.hpp"
+#include "core/gateway.hpp"
+
+namespace stoker::bindings {
+namespace {
+
+using Ids = nb::ndarray<const uint64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Rows = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
+using ModelSpec = std::tuple<std::string, std::shared_ptr<Feeder>, std::vector<std::string>>;
+using Header = std::pair<std::string, std::string>;
+
+std::unique_ptr<Gateway> make_gateway(std::string host, uint16_t port, size_t io_threads,
+                                      std::string token, size_t max_body_bytes,
+                                      size_t max_images_per_request, int64_t timeout_us,
+                                      std::vector<ModelSpec> models) {
+  GatewayConfig config;
+  config.http.host = std::move(host);
+  config.http.port = port;
+  config.http.io_threads = io_threads;
+  config.http.limits.max_body_bytes = max_body_bytes;
+  config.token = std::move(token);
+  config.max_images_per_request = max_images_per_request;
+  config.timeout = std::chrono::microseconds(timeout_us);
+  std::vector<GatewayModel> list;
+  for (auto& [name, feeder, outputs] : models) {
+    list.push_back({std::move(name), std::move(feeder), std::move(outputs)});
+  }
+  return std::make_unique<Gateway>(std::move(config), std::move(list));
+}
+
+nb::list forwarded(Gateway& g) {
+  std::vector<std::pair<uint64_t, HttpRequest>> batch;
+  bool got;
+  {
+    nb::gil_scoped_release release;
+    got = g.next_forwarded(batch);
+  }
+  nb::list out;
+  if (!got) return out;
+  for (auto& [token, r] : batch) {
+    nb::list headers;
+    for (const HttpHeader& h : r.headers) {
+      headers.append(nb::make_tuple(nb::bytes(h.name.data(), h.name.size()),
+                                    nb::bytes(h.value.data(), h.value.size())));
+    }
+    out.append(nb::make_tuple(token, r.method, r.path, r.query, headers,
+                              nb::bytes(r.body.data(), r.body.size())));
+  }
+  return out;
+}
+
+void answer(Gateway& g, Ids ids, std::vector<std::tuple<std::string, std::string, Rows>> outputs,
+            nb::ndarray<const double, nb::ndim<2>, nb::c_contig, nb::device::cpu> timings,
+            std::vector<std::tuple<size_t, int, std::string>> errors) {
+  const size_t rows = ids.shape(0);
+  if (timings.shape(0) != rows || timings.shape(1) != kGatewayStages.size()) {
+    throw nb::value_error("timings must have shape (len(ids), 7)");
+  }
+  std::vector<RowOutput> outs;
+  for (auto& [name, datatype, data] : outputs) {
+    if (data.ndim() < 1 || data.shape(0) != rows) {
+      throw nb::value_error("every output needs one row per id");
+    }
+    RowOutput o;
+    o.name = name;
+    o.datatype = datatype;
+    size_t per_row = 1;
+    for (size_t d = 1; d < data.ndim(); ++d) {
+      o.row_shape.push_back(int64_t(data.shape(d)));
+      per_row *= data.shape(d);
+    }
+    o.row_bytes = per_row * data.itemsize();
+    o.data = static_cast<const uint8_t*>(data.data());
+    outs.push_back(std::move(o));
+  }
+  std::vector<RowError> errs;
+  for (auto& [row, status, message] : errors) errs.push_back({row, status, std::move(message)});
+  nb::gil_scoped_release release;
+  g.answer({ids.data(), rows}, outs, {timings.data(), rows * kGatewayStages.size()}, errs);
+}
+
+}  // namespace
+
+void register_gateway(nb::module_& m) {
+  nb::class_<Gateway>(m, "Gateway", "Native HTTP server feeding models' feeders directly.")
+      .def(nb::new_(&make_gateway), nb::arg("host"), nb::arg("port"), nb::arg("io_threads"),
+           nb::arg("token"), nb::arg("max_body_bytes"), nb::arg("max_images_per_request"),
+           nb::arg("timeout_us"), nb::arg("models"),
+           "Bind host:port (0: any free port). `models` holds (name, feeder, output names).")
+      .def_prop_ro("port", &Gateway::port)
+      .def_prop_ro("forwarded", &Gateway::forwarded, "Requests handed to Python so far.")
+      .def_ro_static("id_bit", &Gateway::kIdBit)
+      .def("start", &Gateway::start, "Start serving.")
+      .def(
+          "shutdown",
+          [](Gateway& g, double drain_s) {
+            g.shutdown(std::chrono::milliseconds(int64_t(drain_s * 1000)));
+          },
+          nb::arg("drain_s"), nb::call_guard<nb::gil_scoped_release>(),
+          "Stop accepting, let requests in flight finish for up to drain_s, close.")
+      .def("next_forwarded", &forwarded,
+           "Wait for requests left to Python: [(token, method, path, query, headers, body)];\n"
+           "an empty list once shut down.")
+      .def(
+          "respond",
+          [](Gateway& g, uint64_t token, int status, std::vector<Header> headers, nb::bytes body) {
+            HttpResponse r;
+            r.status = status;
+            for (auto& [k, v] : headers) r.headers.push_back({std::move(k), std::move(v)});
+            r.body.assign(body.c_str(), body.size());
+            nb::gil_scoped_release release;
+            g.respond(token, std::move(r));
+          },
+          nb::arg("token"), nb::arg("status"), nb::arg("headers"), nb::arg("body"),
+          "Answer a forwarded request.")
+      .def(
+          "payload",
+          [](const Gateway& g, uint64_t id) {
+            const std::span<const uint8_t> bytes = g.payload(id);
+            return nb::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+          },
+          nb::arg("id"), "A queued element's image bytes (empty when unknown).")
+      .def("answer", &answer, nb::arg("ids"), nb::arg("outputs"), nb::arg("timings"),
+           nb::arg("errors"),
+           "Answer elements: outputs are (name, datatype, array with one row per id), timings\n"
+           "(len(ids), 7) µs per stage, errors (row, status, message).")
+      .def(
+          "fail",
+          [](Gateway& g, Ids ids, int status, const std::string& message) {
+            nb::gil_scoped_release release;
+            g.fail({ids.data(), ids.shape(0)}, status, message);
+          },
+          nb::arg("ids"), nb::arg("status"), nb::arg("message"), "Fail elements.")
+      .def("counts", &Gateway::counts, nb::arg("model"),
+           "[(status, answered requests)] of the model at that index.");
+}
+
+}  // namespace stoker::bindings

@@ -1,0 +1,471 @@
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "core/http_server.hpp"
+
+namespace stoker {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Reply {
+  int status = -1;  // -1: the connection closed (or timed out) before a response
+  std::string head;
+  std::string body;
+  bool has(std::string_view header_line) const { return head.find(header_line) != npos; }
+  static constexpr size_t npos = std::string::npos;
+};
+
+// A blocking client with a receive timeout, so a broken server fails tests instead of hanging them.
+class Client {
+ public:
+  explicit Client(uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    timeval tv{10, 0};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  }
+  ~Client() { ::close(fd_); }
+  bool connected() const { return connected_; }
+
+  void send(std::string_view data) {
+    while (!data.empty()) {
+      const ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n <= 0) return;
+      data.remove_prefix(size_t(n));
+    }
+  }
+
+  Reply read(bool head_request = false) {
+    Reply r;
+    size_t end;
+    while ((end = buf_.find("\r\n\r\n")) == std::string::npos) {
+      if (!fill()) return r;
+    }
+    r.head = buf_.substr(0, end + 4);
+    buf_.erase(0, end + 4);
+    r.status = std::stoi(r.head.substr(9, 3));
+    const size_t cl = r.head.find("Content-Length: ");
+    const size_t length =
+        cl == std::string::npos || head_request ? 0 : std::stoul(r.head.substr(cl + 16));
+    while (buf_.size() < length) {
+      if (!fill()) return Reply{};
+    }
+    r.body = buf_.substr(0, length);
+    buf_.erase(0, length);
+    return r;
+  }
+
+  // True once the server has closed the connection (EOF or reset) with nothing left unread.
+  bool closed() {
+    char c;
+    const ssize_t n = ::recv(fd_, &c, 1, 0);
+    return buf_.empty() && (n == 0 || (n < 0 && errno == ECONNRESET));
+  }
+
+  Reply request(const std::string& raw, bool head_request = false) {
+    send(raw);
+    return read(head_request);
+  }
+
+ private:
+  bool fill() {
+    char chunk[65536];
+    const ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
+    if (n <= 0) return false;
+    buf_.append(chunk, size_t(n));
+    return true;
+  }
+
+  int fd_ = -1;
+  bool connected_ = false;
+  std::string buf_;
+};
+
+std::string post(const std::string& path, const std::string& body, const std::string& extra = "") {
+  return "POST " + path + " HTTP/1.1\r\nHost: t\r\n" + extra +
+         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+HttpResponse text(std::string body, int status = 200) {
+  HttpResponse r;
+  r.status = status;
+  r.headers.push_back({"Content-Type", "text/plain"});
+  r.body = std::move(body);
+  return r;
+}
+
+// Requests the handler parked for the test to answer, and the tokens reported abandoned.
+struct Parked {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::deque<std::pair<uint64_t, HttpRequest>> requests;
+  std::vector<uint64_t> abandoned;
+
+  HttpServer::Handler handler() {
+    return [this](uint64_t token, HttpRequest&& r) {
+      std::lock_guard<std::mutex> lock(mutex);
+      requests.emplace_back(token, std::move(r));
+      cv.notify_all();
+    };
+  }
+  HttpServer::Abandon abandon() {
+    return [this](uint64_t token) {
+      std::lock_guard<std::mutex> lock(mutex);
+      abandoned.push_back(token);
+      cv.notify_all();
+    };
+  }
+  // Waits for the next parked request; token 0 on timeout.
+  std::pair<uint64_t, HttpRequest> next() {
+    std::unique_lock<std::mutex> lock(mutex);
+    if (!cv.wait_for(lock, 10s, [&] { return !requests.empty(); })) return {};
+    auto r = std::move(requests.front());
+    requests.pop_front();
+    return r;
+  }
+  bool wait_abandoned(size_t n) {
+    std::unique_lock<std::mutex> lock(mutex);
+    return cv.wait_for(lock, 10s, [&] { return abandoned.size() >= n; });
+  }
+};
+
+template <class F>
+bool eventually(F f) {
+  for (int i = 0; i < 1000 && !f(); ++i) std::this_thread::sleep_for(10ms);
+  return f();
+}
+
+HttpServerConfig config(size_t io_threads = 1) {
+  HttpServerConfig c;
+  c.io_threads = io_threads;
+  return c;
+}
+
+TEST(HttpServer, RoundTripKeepAliveAndHead) {
+  HttpServer* self = nullptr;
+  HttpServer server(config(), [&self](uint64_t token, HttpRequest&& r) {
+    self->respond(token, text(r.method + " " + r.path + "?" + r.query + " " + r.body));
+  });
+  self = &server;
+  server.start();
+  Client c(server.port());
+  ASSERT_TRUE(c.connected());
+  Reply r = c.request("GET /a?b=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "GET /a?b=1 ");
+  EXPECT_TRUE(r.has("HTTP/1.1 200 OK\r\n"));
+  EXPECT_TRUE(r.has("Content-Type: text/plain\r\n"));
+  EXPECT_TRUE(r.has("\r\nDate: "));
+  EXPECT_FALSE(r.has("Connection:"));
+  EXPECT_EQ(c.request(post("/p", "payload")).body, "POST /p? payload");
+  r = c.request("HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n", true);
+  EXPECT_TRUE(r.has("Content-Length: 9\r\n"));  // the length of "HEAD /h? ", no body bytes
+  EXPECT_EQ(c.request("GET /after HTTP/1.1\r\nHost: t\r\n\r\n").body, "GET /after? ");
+  EXPECT_EQ(server.requests(), 4u);
+  EXPECT_EQ(server.connections(), 1u);
+  EXPECT_EQ(server.protocol_errors(), 0u);
+}
+
+TEST(HttpServer, ManyConcurrentClientsAnsweredFromAPool) {
+  constexpr int kClients = 32, kRequests = 200;
+  Parked parked;
+  HttpServer server(config(2), parked.handler());
+  server.start();
+  std::atomic<bool> done{false};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 4; ++w) {
+    workers.emplace_back([&] {
+      while (!done) {
+        std::unique_lock<std::mutex> lock(parked.mutex);
+        if (!parked.cv.wait_for(lock, 20ms, [&] { return !parked.requests.empty(); })) continue;
+        auto [token, request] = std::move(parked.requests.front());
+        parked.requests.pop_front();
+        lock.unlock();
+        server.respond(token, text(request.path + "/" + request.body));
+      }
+    });
+  }
+  std::atomic<int> matched{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      Client c(server.port());
+      for (int j = 0; j < kRequests; ++j) {
+        const std::string path = "/c" + std::to_string(i), body = "r" + std::to_string(j);
+        const Reply r = c.request(post(path, body));
+        if (r.status == 200 && r.body == path + "/" + body) ++matched;
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  done = true;
+  for (std::thread& t : workers) t.join();
+  EXPECT_EQ(matched.load(), kClients * kRequests);
+  EXPECT_EQ(server.requests(), uint64_t(kClients * kRequests));
+}
+
+TEST(HttpServer, PipelinedRequestsWaitForTheResponseBefore) {
+  Parked parked;
+  HttpServer server(config(), parked.handler());
+  server.start();
+  Client c(server.port());
+  c.send(post("/1", "a") + post("/2", "bb") + "GET /3 HTTP/1.1\r\nHost: t\r\n\r\n");
+  for (const char* path : {"/1", "/2", "/3"}) {
+    auto [token, request] = parked.next();
+    ASSERT_NE(token, 0u);
+    EXPECT_EQ(request.path, path);
+    std::this_thread::sleep_for(20ms);
+    {
+      std::lock_guard<std::mutex> lock(parked.mutex);
+      EXPECT_TRUE(parked.requests.empty());  // the next one is not handed out yet
+    }
+    server.respond(token, text(path));
+    server.respond(token, text("answered twice"));  // ignored
+    EXPECT_EQ(c.read().body, path);
+  }
+}
+
+TEST(HttpServer, ProtocolErrorsAreAnsweredAndClosed) {
+  Parked parked;
+  HttpServerConfig cfg = config();
+  cfg.limits.max_header_bytes = 1024;
+  cfg.limits.max_body_bytes = 1000;
+  HttpServer server(cfg, parked.handler());
+  server.start();
+  const std::vector<std::pair<std::string, int>> cases = {
+      {"garbage\r\n\r\n", 400},
+      {"GET / HTTP/1.1\r\nHost: t\r\nX: " + std::string(2000, 'x') + "\r\n\r\n", 431},
+      {"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n", 413},
+      {"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
+      {"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+       400},
+      {"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
+      // Sent together with much of a body the server refuses to read: still answered, not reset.
+      {"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000000\r\n\r\n" + std::string(200000, 'b'),
+       413},
+  };
+  for (const auto& [input, status] : cases) {
+    Client c(server.port());
+    const Reply r = c.request(input);
+    EXPECT_EQ(r.status, status) << input.substr(0, 60);
+    EXPECT_TRUE(r.has("Content-Type: application/json\r\n"));
+    EXPECT_TRUE(r.has("Connection: close\r\n"));
+    EXPECT_EQ(r.body.rfind("{\"error\": \"", 0), 0u) << r.body;
+    EXPECT_TRUE(c.closed());
+  }
+  EXPECT_EQ(server.protocol_errors(), cases.size());
+  EXPECT_EQ(server.requests(), 0u);
+  EXPECT_TRUE(parked.requests.empty());
+}
+
+TEST(HttpServer, ExpectContinue) {
+  HttpServer* self = nullptr;
+  HttpServerConfig cfg = config();
+  cfg.limits.max_body_bytes = 100;
+  HttpServer server(cfg, [&self](uint64_t t, HttpRequest&& r) { self->respond(t, text(r.body)); });
+  self = &server;
+  server.start();
+  Client c(server.port());
+  c.send("PUT /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+  const Reply interim = c.read();
+  EXPECT_EQ(interim.status, 100);
+  EXPECT_EQ(interim.head, "HTTP/1.1 100 Continue\r\n\r\n");
+  c.send("data");
+  EXPECT_EQ(c.read().body, "data");
+  Client big(server.port());
+  const Reply r = big.request(
+      "PUT /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 101\r\n\r\n");
+  EXPECT_EQ(r.status, 413);
+  EXPECT_TRUE(big.closed());
+}
+
+TEST(HttpServer, ConnectionPersistence) {
+  HttpServer* self = nullptr;
+  HttpServer server(config(), [&self](uint64_t token, HttpRequest&& r) {
+    HttpResponse response = text("ok");
+    if (r.path == "/bye") response.headers.push_back({"Connection", "close"});
+    self->respond(token, std::move(response));
+  });
+  self = &server;
+  server.start();
+  {
+    Client c(server.port());
+    EXPECT_TRUE(c.request("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .has("Connection: close\r\n"));
+    EXPECT_TRUE(c.closed());
+  }
+  {
+    Client c(server.port());
+    EXPECT_EQ(c.request("GET / HTTP/1.0\r\n\r\n").body, "ok");
+    EXPECT_TRUE(c.closed());
+  }
+  {
+    Client c(server.port());
+    const std::string keep = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+    EXPECT_TRUE(c.request(keep).has("Connection: keep-alive\r\n"));
+    EXPECT_EQ(c.request(keep).status, 200);
+    EXPECT_TRUE(c.request("GET /bye HTTP/1.1\r\nHost: t\r\n\r\n").has("Connection: close\r\n"));
+    EXPECT_TRUE(c.closed());
+  }
+  EXPECT_TRUE(eventually([&] { return server.connections() == 0; }));
+}
+
+TEST(HttpServer, AbandonWhenTheClientLeaves) {
+  Parked parked;
+  HttpServer server(config(), parked.handler(), parked.abandon());
+  server.start();
+  uint64_t token;
+  {
+    Client c(server.port());
+    c.send(post("/slow", "x"));
+    token = parked.next().first;
+    ASSERT_NE(token, 0u);
+  }
+  ASSERT_TRUE(parked.wait_abandoned(1));
+  EXPECT_EQ(parked.abandoned[0], token);
+  server.respond(token, text("too late"));
+  server.respond(0, text("never issued"));
+  server.respond(~uint64_t{0}, text("never issued"));
+  EXPECT_TRUE(eventually([&] { return server.connections() == 0; }));
+  Client next(server.port());  // the server still serves
+  next.send(post("/again", "y"));
+  const uint64_t second = parked.next().first;
+  EXPECT_NE(second, token);
+  server.respond(second, text("fine"));
+  EXPECT_EQ(next.read().body, "fine");
+}
+
+TEST(HttpServer, ShutdownAnswersRequestsInFlight) {
+  Parked parked;
+  HttpServer server(config(2), parked.handler(), parked.abandon());
+  server.start();
+  const uint16_t port = server.port();
+  std::vector<std::unique_ptr<Client>> busy;
+  for (int i = 0; i < 3; ++i) {
+    busy.push_back(std::make_unique<Client>(port));
+    busy.back()->send(post("/q" + std::to_string(i), "x"));
+  }
+  std::vector<uint64_t> tokens;
+  for (int i = 0; i < 3; ++i) tokens.push_back(parked.next().first);
+  Client idle(port);
+  Client partial(port);
+  partial.send("GET / HT");
+  ASSERT_TRUE(eventually([&] { return server.connections() == 5; }));
+  std::thread stopper([&] { server.shutdown(10s); });
+  EXPECT_TRUE(idle.closed());  // idle connections close at once; requests in flight stay
+  EXPECT_TRUE(partial.closed());
+  // The listener closes once every I/O thread is draining.
+  ASSERT_TRUE(eventually([&] { return !Client(port).connected(); }));
+  for (uint64_t t : tokens) server.respond(t, text("late but answered"));
+  for (auto& c : busy) {
+    const Reply r = c->read();
+    EXPECT_EQ(r.body, "late but answered");
+    EXPECT_TRUE(r.has("Connection: close\r\n"));
+  }
+  stopper.join();
+  EXPECT_TRUE(parked.abandoned.empty());
+  EXPECT_EQ(server.connections(), 0u);
+  Client refused(port);
+  EXPECT_FALSE(refused.connected());
+  server.shutdown(10s);  // idempotent
+  server.respond(tokens[0], text("after shutdown"));
+}
+
+TEST(HttpServer, ShutdownDeadlineAbandonsWhatIsLeft) {
+  Parked parked;
+  HttpServer server(config(), parked.handler(), parked.abandon());
+  server.start();
+  Client c(server.port());
+  c.send(post("/never", "x"));
+  const uint64_t token = parked.next().first;
+  const auto t0 = std::chrono::steady_clock::now();
+  server.shutdown(100ms);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  ASSERT_EQ(parked.abandoned.size(), 1u);
+  EXPECT_EQ(parked.abandoned[0], token);
+  EXPECT_TRUE(c.closed());
+}
+
+TEST(HttpServer, LargeBodiesBothWays) {
+  HttpServer* self = nullptr;
+  HttpServer server(config(), [&self](uint64_t token, HttpRequest&& r) {
+    std::string body(8 << 20, 'z');
+    for (size_t i = 0; i < body.size(); i += 4096) body[i] = char('a' + (i / 4096) % 26);
+    body += std::to_string(r.body.size());
+    self->respond(token, text(std::move(body)));
+  });
+  self = &server;
+  server.start();
+  Client c(server.port());
+  c.send(post("/big", std::string(3 << 20, 'q')));
+  std::this_thread::sleep_for(100ms);  // the response fills the socket buffer: partial writes
+  const Reply r = c.read();
+  ASSERT_EQ(r.body.size(), (8u << 20) + 7);
+  EXPECT_EQ(r.body.substr(8 << 20), "3145728");
+  for (size_t i = 0; i < (8u << 20); i += 4096) ASSERT_EQ(r.body[i], char('a' + (i / 4096) % 26));
+}
+
+TEST(HttpServer, HandlerFailureAnswers500) {
+  HttpServer server(config(), [](uint64_t, HttpRequest&&) { throw std::runtime_error("boom"); });
+  server.start();
+  Client c(server.port());
+  EXPECT_EQ(c.request(post("/", "")).status, 500);
+  EXPECT_EQ(c.request(post("/", "")).status, 500);  // the connection stays usable
+}
+
+TEST(HttpServer, ConnectionLimitAndSlowClients) {
+  HttpServer* self = nullptr;
+  HttpServerConfig cfg = config();
+  cfg.max_connections = 2;
+  HttpServer server(cfg, [&self](uint64_t t, HttpRequest&&) { self->respond(t, text("ok")); });
+  self = &server;
+  server.start();
+  Client slow(server.port());
+  slow.send("GET / HTTP/1.1\r\nHo");  // holds a partial head: costs its buffer only
+  Client fast(server.port());
+  EXPECT_EQ(fast.request("GET / HTTP/1.1\r\nHost: t\r\n\r\n").body, "ok");
+  Client over(server.port());
+  EXPECT_TRUE(over.closed());
+  slow.send("st: t\r\n\r\n");
+  EXPECT_EQ(slow.read().body, "ok");
+}
+
+TEST(HttpServer, ConfigurationErrors) {
+  const auto handler = [](uint64_t, HttpRequest&&) {};
+  HttpServerConfig bad = config(0);
+  EXPECT_THROW((HttpServer{bad, handler}), std::invalid_argument);
+  EXPECT_THROW((HttpServer{config(), HttpServer::Handler{}}), std::invalid_argument);
+  HttpServer first(config(), handler);
+  HttpServerConfig same = config();
+  same.port = first.port();
+  try {
+    HttpServer second(same, handler);
+    ADD_FAILURE() << "bound a port that is in use";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), std::errc::address_in_use);
+  }
+  // Never started: shutting down and destroying are still clean.
+  first.shutdown(0ms);
+}
+
+}  // namespace
+}  // namespace stoker

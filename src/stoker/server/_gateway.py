@@ -1,0 +1,239 @@
+"""The native front: stoker's C++ HTTP server carries the hot path, the FastAPI app the rest.
+
+``POST /v2/models/{name}/infer`` in its common form (encoded images as one binary BYTES input) is
+parsed, queued on the model's feeder, answered and encoded natively, with no Python per request:
+the engine hands each finished batch to a ``GatewaySink``, which answers all of the gateway's
+rows in one native call. Every other request (other routes, JSON tensors, unusual parameters, and
+malformed requests, whose precise errors the Python codec writes) is forwarded to the same
+FastAPI application that ``stoker serve --front uvicorn`` runs, called in-process through ASGI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+import numpy.typing as npt
+
+from stoker import _native
+from stoker._models import ModelLike
+from stoker.server._app import create_app
+from stoker.server._config import ServerConfig
+from stoker.server._front import Front, status_of
+from stoker.server._tasks import ImageClassification
+
+__all__ = ["GatewaySink", "NativeServer", "serve_native"]
+
+log = logging.getLogger("stoker.server")
+
+# The native server writes these itself; an application's own copies would be duplicates.
+_HOP_HEADERS = frozenset({"content-length", "connection", "transfer-encoding", "keep-alive"})
+
+
+class GatewaySink:
+    """Answers, in one native call per batch, the rows of a batch that the gateway queued."""
+
+    def __init__(self, gateway: Any, task: ImageClassification) -> None:
+        self._gateway = gateway
+        self._task = task
+        self.id_bit = int(_native.Gateway.id_bit)
+
+    def payload(self, rid: int) -> bytes:
+        data: bytes = self._gateway.payload(rid)
+        return data
+
+    def answer(
+        self,
+        ids: npt.NDArray[np.uint64],
+        results: Sequence[Any],
+        queue_us: npt.NDArray[np.int64],
+        total_us: npt.NDArray[np.int64],
+        shared: Sequence[float],
+        errors: dict[int, BaseException],
+    ) -> None:
+        rows = np.flatnonzero(ids >= np.uint64(self.id_bit))
+        if rows.size == 0:
+            return
+        picked = rows.tolist()
+        # Failed rows still have a (meaningless) result; the gateway answers them with their error.
+        outputs = self._task.row_outputs([results[r] for r in picked])
+        timings = np.empty((rows.size, 7), dtype=np.float64)
+        timings[:, 0] = queue_us[rows]
+        timings[:, 1:6] = shared
+        timings[:, 6] = total_us[rows]
+        failed = []
+        for i, r in enumerate(picked):
+            if r in errors:
+                http = status_of(errors[r])  # type: ignore[arg-type]
+                failed.append((i, http.status, str(http)))
+        self._gateway.answer(
+            np.ascontiguousarray(ids[rows]),
+            [(o.name, o.datatype, np.ascontiguousarray(o.data)) for o in outputs],
+            timings,
+            failed,
+        )
+
+    def fail(self, ids: npt.NDArray[np.uint64], error: BaseException) -> None:
+        mine = ids[ids >= np.uint64(self.id_bit)]
+        if mine.size:
+            http = status_of(error)  # type: ignore[arg-type]
+            self._gateway.fail(np.ascontiguousarray(mine), http.status, str(http))
+
+
+class NativeServer:
+    """The models of ``config`` behind the native gateway, with the FastAPI app behind it."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        models: Mapping[str, ModelLike] | None = None,
+        *,
+        port: int | None = None,
+        io_threads: int = 1,
+        drain_s: float = 10.0,
+    ) -> None:
+        self.config = config
+        self.app = create_app(config, models)
+        self.front: Front = self.app.state.front
+        self.drain_s = drain_s
+        tasks = list(self.front.tasks.values())
+        try:
+            self.gateway = _native.Gateway(
+                config.host,
+                config.port if port is None else port,
+                io_threads,
+                config.token or "",
+                config.max_body_bytes,
+                config.max_images_per_request,
+                round((config.timeout_ms or 0) * 1000),
+                [(t.name, t.engine.feeder, t.output_names()) for t in tasks],
+            )
+        except BaseException:
+            self.front.close()
+            raise
+        for task in tasks:
+            task.engine.attach(GatewaySink(self.gateway, task))
+        names = [t.name for t in tasks]
+        gateway = self.gateway
+        self.front.metrics.add_native_counts(
+            lambda: [
+                (name, "infer", code, n)
+                for i, name in enumerate(names)
+                for code, n in gateway.counts(i)
+            ]
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        return int(self.gateway.port)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then drain: requests in flight are answered."""
+        loop = asyncio.get_running_loop()
+        self.gateway.start()
+        bridge = threading.Thread(
+            target=self._bridge, args=(loop,), name="stoker-bridge", daemon=True
+        )
+        bridge.start()
+        try:
+            await stop.wait()
+        finally:
+            # Forwarded requests in flight need this loop to finish, so the drain runs elsewhere.
+            await loop.run_in_executor(None, self.gateway.shutdown, self.drain_s)
+            await loop.run_in_executor(None, bridge.join)
+            for task in list(self._tasks):
+                task.cancel()
+            self.front.close()
+
+    def _bridge(self, loop: asyncio.AbstractEventLoop) -> None:
+        while batch := self.gateway.next_forwarded():
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody to answer
+                loop.call_soon_threadsafe(self._dispatch, batch)
+
+    def _dispatch(self, batch: list[tuple[Any, ...]]) -> None:
+        for item in batch:
+            task = asyncio.get_running_loop().create_task(self._asgi(*item))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _asgi(
+        self,
+        token: int,
+        method: str,
+        path: str,
+        query: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": unquote(path),
+            "raw_path": path.encode("latin-1"),
+            "query_string": query.encode("latin-1"),
+            "root_path": "",
+            "headers": headers,
+            "server": (self.config.host, self.port),
+            "client": None,
+        }
+        delivered = False
+        never = asyncio.get_running_loop().create_future()
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await never  # the body is whole; a disconnect is not signalled to the app
+            return {"type": "http.disconnect"}
+
+        status = 500
+        reply_headers: list[tuple[str, str]] = []
+        chunks: list[bytes] = []
+
+        async def send(message: Mapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                for k, v in message.get("headers", []):
+                    name = k.decode("latin-1").lower()
+                    if name not in _HOP_HEADERS:
+                        reply_headers.append((name, v.decode("latin-1")))
+            elif message["type"] == "http.response.body":
+                chunks.append(bytes(message.get("body", b"")))
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            log.exception("the application failed on %s %s", method, path)
+            status, reply_headers = 500, [("content-type", "application/json")]
+            chunks = [b'{"error": "internal error"}']
+        finally:
+            never.cancel()
+        self.gateway.respond(token, status, reply_headers, b"".join(chunks))
+
+
+def serve_native(config: ServerConfig, *, io_threads: int = 1, drain_s: float = 10.0) -> None:
+    """Run a ``NativeServer`` until SIGINT or SIGTERM, then drain and return."""
+
+    async def main() -> None:
+        server = NativeServer(config, io_threads=io_threads, drain_s=drain_s)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"stoker serving on http://{config.host}:{server.port}", flush=True)
+        await server.serve(stop)
+
+    asyncio.run(main())
