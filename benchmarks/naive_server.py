@@ -33,7 +33,7 @@ def preprocess(data: bytes) -> torch.Tensor:
     img = img.resize((w, h), Image.Resampling.BILINEAR)
     left, top = crop_box(w, h)
     img = img.crop((left, top, left + CROP, top + CROP))
-    x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float().div(255)
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255)
     return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
 
 
