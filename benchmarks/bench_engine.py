@@ -233,6 +233,7 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=None)
     p.add_argument("--delay-ms", type=float, default=2.0)
     p.add_argument("--slots", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="stoker's native threads")
     p.add_argument("--reduce-gap", type=float, default=None)
     p.add_argument("--gpu-decode", default=None, help="GPU decode share (0..1) or 'auto'")
     p.add_argument(
@@ -242,6 +243,8 @@ def main() -> None:
         help="sys.setswitchinterval in ms: how long a thread holding the GIL makes others wait",
     )
     args = p.parse_args()
+    if args.threads is not None:
+        stoker.set_num_threads(args.threads)
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval / 1000)
     cuda = args.device == "cuda"

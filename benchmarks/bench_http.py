@@ -94,6 +94,9 @@ def start_server(kind: str, args: argparse.Namespace, port: int) -> subprocess.P
         cmd = [sys.executable, str(HERE / "bench_http.py"), "--serve", "--port", str(port)]
         cmd += ["--model", args.model, "--device", args.device, "--max-batch", str(args.max_batch)]
         cmd += ["--io-threads", str(args.io_threads), "--capacity", str(args.capacity)]
+        cmd += ["--slots", str(args.slots)]
+        if args.threads is not None:
+            cmd += ["--threads", str(args.threads)]
         if args.gpu_decode is not None:
             cmd += ["--gpu-decode", args.gpu_decode]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -107,8 +110,11 @@ def serve(args: argparse.Namespace) -> None:
 
     from _nets import build_model
 
+    import stoker
     from stoker.server import ModelConfig, NativeServer, ServerConfig
 
+    if args.threads is not None:
+        stoker.set_num_threads(args.threads)
     cuda = args.device == "cuda"
     model = ModelConfig(
         name="m",
@@ -119,6 +125,7 @@ def serve(args: argparse.Namespace) -> None:
         max_delay_ms=2.0,
         capacity=args.capacity,
         gpu_decode=_share(args.gpu_decode),
+        staging_slots=args.slots,
     )
     config = ServerConfig(models=(model,), port=args.port)
 
@@ -216,6 +223,8 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=None)
     p.add_argument("--capacity", type=int, default=4096)
     p.add_argument("--gpu-decode", default=None)
+    p.add_argument("--slots", type=int, default=3, help="staging slots of the stoker engine")
+    p.add_argument("--threads", type=int, default=None, help="stoker's native threads")
     p.add_argument("--ceiling", action="store_true", help="also time the model alone (CUDA)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()

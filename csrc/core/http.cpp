@@ -1,68 +1,26 @@
+// The request side of core/http.hpp: the incremental parser.
 #include "core/http.hpp"
 
 #include <algorithm>
-#include <array>
 #include <charconv>
-#include <cstdio>
 #include <cstring>
-#include <ctime>
 #include <utility>
+
+#include "core/http_syntax.hpp"
 
 namespace stoker {
 namespace {
 
+using http_syntax::all_of_class;
+using http_syntax::each_element;
+using http_syntax::iequals;
+using http_syntax::kFieldValue;
+using http_syntax::kTarget;
+using http_syntax::kToken;
+using http_syntax::lower;
+using http_syntax::trim;
+
 constexpr size_t kMaxChunkLine = 4096;  // a chunk size with extensions; clients send a few bytes
-
-enum CharClass : uint8_t { kToken = 1, kFieldValue = 2, kTarget = 4 };
-
-constexpr std::array<uint8_t, 256> make_char_classes() {
-  std::array<uint8_t, 256> t{};
-  for (int c = 0; c < 256; ++c) {
-    const bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-    bool token = alnum;
-    for (char s : std::string_view("!#$%&'*+-.^_`|~")) token = token || c == s;
-    const bool visible = (c > 0x20 && c < 0x7f) || c >= 0x80;  // obs-text allowed
-    t[c] = uint8_t((token ? kToken : 0) | (visible || c == ' ' || c == '\t' ? kFieldValue : 0) |
-                   (visible ? kTarget : 0));
-  }
-  return t;
-}
-constexpr std::array<uint8_t, 256> kChars = make_char_classes();
-
-bool all_of_class(std::string_view s, uint8_t cls) {
-  for (char c : s) {
-    if ((kChars[uint8_t(c)] & cls) == 0) return false;
-  }
-  return true;
-}
-
-char lower(char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
-// Calls f on each trimmed, non-empty element of a comma-separated list; stops when f returns false.
-template <class F>
-bool each_element(std::string_view list, F f) {
-  while (true) {
-    const size_t comma = list.find(',');
-    const std::string_view item = trim(list.substr(0, comma));
-    if (!item.empty() && !f(item)) return false;
-    if (comma == std::string_view::npos) return true;
-    list.remove_prefix(comma + 1);
-  }
-}
 
 // The end of the header section (just past its blank line), searching from `from`, or npos.
 size_t find_head_end(std::string_view s, size_t from) {
@@ -77,37 +35,6 @@ size_t find_head_end(std::string_view s, size_t from) {
   return std::string_view::npos;
 }
 
-bool valid_response_header(const HttpHeader& h) {
-  if (h.name.empty() || !all_of_class(h.name, kToken)) return false;
-  return all_of_class(h.value, kFieldValue);
-}
-
-// A Date header for the current second, formatted once per second per thread: the day and month
-// names are spelled out here because strftime would follow the process locale.
-void append_date(std::string& out) {
-  static constexpr const char* kDays[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-  static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-  thread_local time_t cached_second = -1;
-  thread_local char cached[64];
-  const time_t now = time(nullptr);
-  if (now != cached_second) {
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    snprintf(cached, sizeof cached, "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
-             kDays[tm.tm_wday % 7], tm.tm_mday, kMonths[tm.tm_mon % 12], tm.tm_year + 1900,
-             tm.tm_hour, tm.tm_min, tm.tm_sec);
-    cached_second = now;
-  }
-  out += cached;
-}
-
-void append_number(std::string& out, uint64_t v) {
-  char buf[24];
-  const auto r = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, r.ptr);
-}
-
 }  // namespace
 
 const std::string* HttpRequest::header(std::string_view lower_name) const {
@@ -115,131 +42,6 @@ const std::string* HttpRequest::header(std::string_view lower_name) const {
     if (h.name == lower_name) return &h.value;
   }
   return nullptr;
-}
-
-const char* http_reason(int status) {
-  static constexpr std::pair<int, const char*> kReasons[] = {
-      {100, "Continue"},
-      {101, "Switching Protocols"},
-      {200, "OK"},
-      {201, "Created"},
-      {202, "Accepted"},
-      {204, "No Content"},
-      {206, "Partial Content"},
-      {301, "Moved Permanently"},
-      {302, "Found"},
-      {303, "See Other"},
-      {304, "Not Modified"},
-      {307, "Temporary Redirect"},
-      {308, "Permanent Redirect"},
-      {400, "Bad Request"},
-      {401, "Unauthorized"},
-      {403, "Forbidden"},
-      {404, "Not Found"},
-      {405, "Method Not Allowed"},
-      {406, "Not Acceptable"},
-      {408, "Request Timeout"},
-      {409, "Conflict"},
-      {410, "Gone"},
-      {411, "Length Required"},
-      {412, "Precondition Failed"},
-      {413, "Content Too Large"},
-      {414, "URI Too Long"},
-      {415, "Unsupported Media Type"},
-      {416, "Range Not Satisfiable"},
-      {417, "Expectation Failed"},
-      {421, "Misdirected Request"},
-      {422, "Unprocessable Content"},
-      {426, "Upgrade Required"},
-      {428, "Precondition Required"},
-      {429, "Too Many Requests"},
-      {431, "Request Header Fields Too Large"},
-      {499, "Client Closed Request"},
-      {500, "Internal Server Error"},
-      {501, "Not Implemented"},
-      {502, "Bad Gateway"},
-      {503, "Service Unavailable"},
-      {504, "Gateway Timeout"},
-      {505, "HTTP Version Not Supported"},
-      {507, "Insufficient Storage"}};
-  for (const auto& [code, reason] : kReasons) {
-    if (code == status) return reason;
-  }
-  return "";
-}
-
-HttpResponse http_error_response(int status, std::string_view message) {
-  HttpResponse r;
-  r.status = status;
-  r.headers.push_back({"Content-Type", "application/json"});
-  r.body.reserve(message.size() + 16);
-  r.body += "{\"error\": \"";
-  for (char c : message) {
-    if (c == '"' || c == '\\') {
-      r.body += '\\';
-      r.body += c;
-    } else if (uint8_t(c) < 0x20) {
-      char esc[8];
-      snprintf(esc, sizeof esc, "\\u%04x", unsigned(uint8_t(c)));
-      r.body += esc;
-    } else {
-      r.body += c;
-    }
-  }
-  r.body += "\"}";
-  return r;
-}
-
-bool response_wants_close(const HttpResponse& response) {
-  for (const HttpHeader& h : response.headers) {
-    if (!iequals(h.name, "connection")) continue;
-    if (!each_element(h.value, [](std::string_view t) { return !iequals(t, "close"); })) {
-      return true;
-    }
-  }
-  return false;
-}
-
-void append_response_head(const HttpResponse& response, const ResponseFraming& framing,
-                          std::string& out) {
-  const int status = response.status >= 200 && response.status <= 599 ? response.status : 500;
-  out += "HTTP/1.1 ";
-  append_number(out, uint64_t(status));
-  out += ' ';
-  out += http_reason(status);
-  out += "\r\n";
-  bool has_date = false;
-  for (const HttpHeader& h : response.headers) {
-    if (!valid_response_header(h) || iequals(h.name, "content-length") ||
-        iequals(h.name, "transfer-encoding") || iequals(h.name, "connection")) {
-      continue;
-    }
-    has_date = has_date || iequals(h.name, "date");
-    out += h.name;
-    out += ": ";
-    out += h.value;
-    out += "\r\n";
-  }
-  if (!has_date) append_date(out);
-  if (status != 204 && status != 304) {
-    out += "Content-Length: ";
-    append_number(out, response.body.size());
-    out += "\r\n";
-  }
-  if (framing.close) {
-    out += "Connection: close\r\n";
-  } else if (framing.keep_alive_header) {
-    out += "Connection: keep-alive\r\n";
-  }
-  out += "\r\n";
-}
-
-std::string serialize_response(const HttpResponse& response, const ResponseFraming& framing) {
-  std::string out;
-  append_response_head(response, framing, out);
-  const bool bodiless = response.status == 204 || response.status == 304;
-  if (!framing.omit_body && !bodiless) out += response.body;
-  return out;
 }
 
 HttpParser::HttpParser(HttpLimits limits) : limits_(limits) {}

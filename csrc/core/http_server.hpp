@@ -26,6 +26,11 @@ struct HttpServerConfig {
   HttpLimits limits;
   size_t max_connections = 16384;  // beyond it new connections are accepted and closed at once
   int backlog = 4096;
+  // Slow-loris protection: a connection with no request in flight closes once this long has passed
+  // since it was accepted, last answered or last sent response bytes, so a request must arrive
+  // whole within it (one partly received is answered 408). Connections are checked every quarter
+  // of it, so one may close up to a quarter late. Zero disables it.
+  std::chrono::milliseconds idle_timeout = std::chrono::seconds(60);
 
   // Throws std::invalid_argument on an unusable configuration.
   void validate() const;

@@ -449,9 +449,90 @@ TEST(HttpServer, ConnectionLimitAndSlowClients) {
   EXPECT_EQ(slow.read().body, "ok");
 }
 
+HttpServerConfig idle_config() {
+  HttpServerConfig c = config();
+  c.idle_timeout = 100ms;
+  return c;
+}
+
+TEST(HttpServer, IdleConnectionsAreClosedSilently) {
+  HttpServer* self = nullptr;
+  HttpServer server(idle_config(),
+                    [&self](uint64_t t, HttpRequest&&) { self->respond(t, text("ok")); });
+  self = &server;
+  server.start();
+  Client silent(server.port());
+  Client c(server.port());
+  // Each answer restarts the clock: requests spaced under the timeout outlast it together.
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(c.request("GET / HTTP/1.1\r\nHost: t\r\n\r\n").body, "ok");
+    std::this_thread::sleep_for(30ms);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(c.closed());  // no 408: nothing of a request had arrived
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 50ms);
+  EXPECT_TRUE(silent.closed());
+  EXPECT_TRUE(eventually([&] { return server.connections() == 0; }));
+  EXPECT_EQ(server.requests(), 6u);
+}
+
+TEST(HttpServer, PartlyReceivedRequestsTimeOutWith408) {
+  Parked parked;
+  HttpServer server(idle_config(), parked.handler());
+  server.start();
+  Client head(server.port());
+  head.send("GET / HTTP/1.1\r\nHost: t\r\n");
+  Client body(server.port());
+  const std::string whole = post("/", "0123456789");
+  body.send(whole.substr(0, whole.size() - 3));
+  // Bytes trickling in are no progress: the request still has to arrive whole in time.
+  Client trickle(server.port());
+  trickle.send("GET / HTTP/1.1\r\nX-Slow: ");
+  for (int i = 0; i < 15; ++i) {
+    trickle.send("a");
+    std::this_thread::sleep_for(20ms);
+  }
+  for (Client* c : {&head, &body, &trickle}) {
+    const Reply r = c->read();
+    EXPECT_EQ(r.status, 408);
+    EXPECT_TRUE(r.has("Connection: close\r\n"));
+    EXPECT_TRUE(c->closed());
+  }
+  EXPECT_EQ(server.requests(), 0u);
+  EXPECT_TRUE(parked.requests.empty());
+}
+
+TEST(HttpServer, RequestsInFlightOutliveTheIdleTimeout) {
+  Parked parked;
+  HttpServer server(idle_config(), parked.handler(), parked.abandon());
+  server.start();
+  Client c(server.port());
+  c.send(post("/slow", "x"));
+  uint64_t token = parked.next().first;
+  ASSERT_NE(token, 0u);
+  std::this_thread::sleep_for(300ms);
+  server.respond(token, text("late"));
+  const Reply r = c.read();
+  EXPECT_EQ(r.body, "late");
+  EXPECT_FALSE(r.has("Connection:"));
+  // Answering restarted the clock, however long the request took.
+  c.send(post("/next", "y"));
+  token = parked.next().first;
+  ASSERT_NE(token, 0u);
+  server.respond(token, text("again"));
+  EXPECT_EQ(c.read().body, "again");
+  EXPECT_TRUE(c.closed());
+  EXPECT_TRUE(parked.abandoned.empty());
+}
+
 TEST(HttpServer, ConfigurationErrors) {
   const auto handler = [](uint64_t, HttpRequest&&) {};
   HttpServerConfig bad = config(0);
+  EXPECT_THROW((HttpServer{bad, handler}), std::invalid_argument);
+  bad = config();
+  bad.idle_timeout = -1ms;
+  EXPECT_THROW((HttpServer{bad, handler}), std::invalid_argument);
+  bad.idle_timeout = std::chrono::hours(25);
   EXPECT_THROW((HttpServer{bad, handler}), std::invalid_argument);
   EXPECT_THROW((HttpServer{config(), HttpServer::Handler{}}), std::invalid_argument);
   HttpServer first(config(), handler);

@@ -330,7 +330,12 @@ def resize_into(
         tmp_size += 3 * kept_h * kept_w
         taps_x, taps_y = max(taps_x, tx), max(taps_y, ty)
         max_h, max_w = max(max_h, kept_h), max(max_w, kept_w)
-    meta = torch.tensor(table, dtype=torch.int64, device=out.device)
+    meta = torch.tensor(table, dtype=torch.int64)
+    if not interpreted:
+        # From pageable memory the copy would block this thread until the stream's earlier work
+        # (the batch's copy, the wait for a free landing buffer) is done; pinned, it is queued.
+        meta = meta.pin_memory()
+    meta = meta.to(out.device, non_blocking=True)
     tmp = torch.empty(tmp_size, dtype=torch.float32, device=out.device)
     br, bx = _BLOCKS_INTERPRETED if interpreted else _BLOCKS
     tiles = triton.cdiv(max_w, bx)

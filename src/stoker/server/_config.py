@@ -36,6 +36,7 @@ class ModelConfig:
     capacity: int = 1024
     top_k: int = 5
     gpu_decode: float | Literal["auto"] | None = None
+    staging_slots: int = 3
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:

@@ -41,6 +41,7 @@ class ImageClassification:
             capacity=config.capacity,
             postprocess=top_k(config.top_k),
             gpu_decode=config.gpu_decode,
+            staging_slots=config.staging_slots,
         )
 
     def metadata(self) -> dict[str, Any]:
