@@ -2,6 +2,7 @@
 // (other routes, unusual requests) and one answer call per batch; waiting and answering release
 // the GIL.
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/array.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
@@ -67,12 +68,14 @@ nb::list forwarded(Gateway& g) {
   return out;
 }
 
+using Micros = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
 void answer(Gateway& g, Ids ids, std::vector<std::tuple<std::string, std::string, Rows>> outputs,
-            nb::ndarray<const double, nb::ndim<2>, nb::c_contig, nb::device::cpu> timings,
+            Micros queue_us, Micros total_us, std::array<double, 5> shared,
             std::vector<std::tuple<size_t, int, std::string>> errors) {
   const size_t rows = ids.shape(0);
-  if (timings.shape(0) != rows || timings.shape(1) != kGatewayStages.size()) {
-    throw nb::value_error("timings must have shape (len(ids), 7)");
+  if (queue_us.shape(0) != rows || total_us.shape(0) != rows) {
+    throw nb::value_error("queue_us and total_us need one value per id");
   }
   std::vector<RowOutput> outs;
   for (auto& [name, datatype, data] : outputs) {
@@ -94,7 +97,8 @@ void answer(Gateway& g, Ids ids, std::vector<std::tuple<std::string, std::string
   std::vector<RowError> errs;
   for (auto& [row, status, message] : errors) errs.push_back({row, status, std::move(message)});
   nb::gil_scoped_release release;
-  g.answer({ids.data(), rows}, outs, {timings.data(), rows * kGatewayStages.size()}, errs);
+  const RowTimings timings{{queue_us.data(), rows}, {total_us.data(), rows}, shared};
+  g.answer({ids.data(), rows}, outs, timings, errs);
 }
 
 }  // namespace
@@ -138,10 +142,11 @@ void register_gateway(nb::module_& m) {
             return nb::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
           },
           nb::arg("id"), "A queued element's image bytes (empty when unknown).")
-      .def("answer", &answer, nb::arg("ids"), nb::arg("outputs"), nb::arg("timings"),
-           nb::arg("errors"),
-           "Answer elements: outputs are (name, datatype, array with one row per id), timings\n"
-           "(len(ids), 7) µs per stage, errors (row, status, message).")
+      .def("answer", &answer, nb::arg("ids"), nb::arg("outputs"), nb::arg("queue_us"),
+           nb::arg("total_us"), nb::arg("shared"), nb::arg("errors"),
+           "Answer elements: outputs are (name, datatype, array with one row per id); queue_us\n"
+           "and total_us per id, shared the batch's (batch, preprocess, h2d, compute,\n"
+           "postprocess) µs; errors (row, status, message).")
       .def(
           "fail",
           [](Gateway& g, Ids ids, int status, const std::string& message) {

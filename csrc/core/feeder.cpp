@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "core/thread_name.hpp"
+
 namespace stoker {
 
 int64_t steady_ns(SteadyClock::time_point t) {
@@ -24,7 +26,10 @@ Feeder::Feeder(FeederConfig config, std::shared_ptr<const Preprocessor> pre,
     for (const HostBlock& b : blocks_) arena_.release(b);
     throw;
   }
-  dispatcher_ = std::thread([this] { dispatch_loop(); });
+  dispatcher_ = std::thread([this] {
+    name_this_thread("stoker-feeder");
+    dispatch_loop();
+  });
 }
 
 Feeder::~Feeder() {

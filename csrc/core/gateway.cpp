@@ -280,9 +280,9 @@ void Gateway::settle(uint64_t id, Finished& done,
 }
 
 void Gateway::answer(std::span<const uint64_t> ids, const std::vector<RowOutput>& outputs,
-                     std::span<const double> timings, const std::vector<RowError>& errors) {
-  if (timings.size() != ids.size() * kStages) {
-    throw std::invalid_argument("timings must hold one row of stage durations per id");
+                     const RowTimings& timings, const std::vector<RowError>& errors) {
+  if (timings.queue_us.size() != ids.size() || timings.total_us.size() != ids.size()) {
+    throw std::invalid_argument("timings must hold one queue and one total time per id");
   }
   std::vector<const RowError*> error_of(ids.size(), nullptr);
   for (const RowError& e : errors) {
@@ -313,9 +313,12 @@ void Gateway::answer(std::span<const uint64_t> ids, const std::vector<RowOutput>
           std::memcpy(p.rows[o].data() + element * p.layout[o].row_bytes,
                       outputs[o].data + r * outputs[o].row_bytes, bytes);
         }
-        for (size_t s = 0; s < kStages; ++s) {
-          p.stages[s] = std::max(p.stages[s], timings[r * kStages + s]);
+        // A request of several images waited as long as its slowest image in each stage.
+        p.stages[0] = std::max(p.stages[0], double(timings.queue_us[r]));
+        for (size_t s = 0; s < timings.shared.size(); ++s) {
+          p.stages[s + 1] = std::max(p.stages[s + 1], timings.shared[s]);
         }
+        p.stages[kStages - 1] = std::max(p.stages[kStages - 1], double(timings.total_us[r]));
       });
     }
   }

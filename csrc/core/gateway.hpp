@@ -50,6 +50,12 @@ struct RowOutput {
   size_t row_bytes = 0;
 };
 
+struct RowTimings {
+  std::span<const int64_t> queue_us;  // one per row
+  std::span<const int64_t> total_us;  // one per row
+  std::array<double, 5> shared{};     // µs, the same for every row of the batch
+};
+
 struct RowError {
   size_t row = 0;
   int status = 500;
@@ -88,9 +94,10 @@ class Gateway {
   // --- the engine's side ---
   // The image bytes of a queued element; valid until the element is answered.
   std::span<const uint8_t> payload(uint64_t id) const;
-  // Row r of the batch answers element ids[r]; `timings` holds rows × kGatewayStages.size() µs.
+  // Row r of the batch answers element ids[r]. Its Server-Timing comes from its own queue and
+  // total µs and the stages its batch shared (batch, preprocess, h2d, compute, postprocess).
   void answer(std::span<const uint64_t> ids, const std::vector<RowOutput>& outputs,
-              std::span<const double> timings, const std::vector<RowError>& errors);
+              const RowTimings& timings, const std::vector<RowError>& errors);
   void fail(std::span<const uint64_t> ids, int status, const std::string& message);
 
   // Answered requests of model `m` (index into the models given) by HTTP status.

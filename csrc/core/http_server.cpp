@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "core/http_server_loop.hpp"
+#include "core/thread_name.hpp"
 
 namespace stoker {
 namespace {
@@ -87,7 +88,11 @@ void HttpServer::start() {
   std::lock_guard<std::mutex> lock(lifecycle_);
   if (started_ || stopped_) return;
   started_ = true;
-  for (auto& loop : loops_) threads_.emplace_back([l = loop.get()] { l->run(); });
+  for (auto& loop : loops_)
+    threads_.emplace_back([l = loop.get()] {
+      name_this_thread("stoker-http");
+      l->run();
+    });
 }
 
 void HttpServer::respond(uint64_t token, HttpResponse&& response) {

@@ -14,6 +14,7 @@
 #include <random>
 
 #include "core/loadgen.hpp"
+#include "core/thread_name.hpp"
 
 namespace stoker {
 namespace {
@@ -357,6 +358,7 @@ void LoadGenerator::EventLoop::scan() {
 }
 
 void LoadGenerator::EventLoop::run() {
+  name_this_thread("stoker-loadgen");
   prctl(PR_SET_TIMERSLACK, 1UL);  // open-loop arrivals need timers finer than the default 50 µs
   now_ = LoadGenerator::now_ns();
   next_arrival_ = double(now_) + gap_(w_.rng) * mean_gap_ns_;

@@ -2,6 +2,8 @@
 
 #include <atomic>
 
+#include "core/thread_name.hpp"
+
 namespace stoker {
 
 struct ThreadPool::Job {
@@ -15,7 +17,11 @@ struct ThreadPool::Job {
 ThreadPool::ThreadPool(size_t threads) {
   if (threads == 0) threads = 1;
   workers_.reserve(threads);
-  for (size_t w = 0; w < threads; ++w) workers_.emplace_back([this, w] { worker_loop(w); });
+  for (size_t w = 0; w < threads; ++w)
+    workers_.emplace_back([this, w] {
+      name_this_thread("stoker-pool");
+      worker_loop(w);
+    });
 }
 
 ThreadPool::~ThreadPool() {

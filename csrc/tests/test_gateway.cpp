@@ -115,8 +115,8 @@ struct Fixture {
         }
         feeder->release(b.slot);
         RowOutput out{"sum", "INT64", {1}, reinterpret_cast<const uint8_t*>(sums.data()), 8};
-        std::vector<double> timings(ids.size() * kGatewayStages.size(), 1.5);
-        gateway->answer(ids, {out}, timings, errors);
+        std::vector<int64_t> queue(ids.size(), 2), total(ids.size(), 9);
+        gateway->answer(ids, {out}, {queue, total, {1.5, 1.5, 1.5, 1.5, 1.5}}, errors);
         batches.fetch_add(1);
       }
     });
@@ -136,7 +136,7 @@ TEST(Gateway, AnswersBinaryInferNatively) {
   ASSERT_EQ(response.rfind("HTTP/1.1 200", 0), 0u) << response;
   EXPECT_NE(response.find(R"("id":"r1")"), std::string::npos);
   EXPECT_NE(response.find(R"("shape":[2,1])"), std::string::npos);
-  EXPECT_NE(response.find("queue;dur=0.002"), std::string::npos);
+  EXPECT_NE(response.find("queue;dur=0.002, batch;dur=0.002"), std::string::npos);
   EXPECT_EQ(f.gateway->forwarded(), 0u);
   EXPECT_EQ(f.gateway->counts(0), (std::vector<std::pair<int, uint64_t>>{{200, 1}}));
 }

@@ -378,6 +378,8 @@ class Engine:
         errors.update(flight.failed)
         if self._sink is not None:
             self._sink.answer(batch.ids, results, queue_us, total_us, shared, errors)
+        if not self._pending:  # every request of the batch came from a native front
+            return
         outcomes = []
         for row, rid in enumerate(batch.ids.tolist()):
             p = self._pending.pop(rid, None)

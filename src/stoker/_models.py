@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import overload
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
-__all__ = ["ModelLike", "load_model", "top_k"]
+__all__ = ["ModelLike", "TopK", "load_model", "top_k"]
 
 ModelLike = torch.nn.Module | torch.export.ExportedProgram | str | os.PathLike[str]
 
@@ -89,16 +91,42 @@ def _exported(module: torch.nn.Module) -> bool:
     return type(module).__name__ == "GraphModule" and hasattr(module, "_in_spec")
 
 
-def top_k(k: int = 5, *, softmax: bool = True) -> Callable[[torch.Tensor], Sequence[Any]]:
+class TopK(Sequence[list[tuple[int, float]]]):
+    """A batch's k best classes: ``ids`` and ``scores`` arrays of shape (n, k); row i reads as
+    ``[(class_id, score), ...]``, built only when asked for, so batch consumers skip per-row
+    Python objects."""
+
+    __slots__ = ("ids", "scores")
+
+    def __init__(self, ids: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]) -> None:
+        self.ids = ids
+        self.scores = scores
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, i: int) -> list[tuple[int, float]]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[list[tuple[int, float]]]: ...
+
+    def __getitem__(
+        self, i: int | slice
+    ) -> list[tuple[int, float]] | list[list[tuple[int, float]]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return list(zip(self.ids[i].tolist(), self.scores[i].tolist(), strict=True))
+
+
+def top_k(k: int = 5, *, softmax: bool = True) -> Callable[[torch.Tensor], TopK]:
     """A postprocess: for each request, ``[(class_id, score), ...]`` of its k best classes."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
 
-    def postprocess(logits: torch.Tensor) -> Sequence[Any]:
+    def postprocess(logits: torch.Tensor) -> TopK:
         scores = logits.float().softmax(-1) if softmax else logits.float()
         values, ids = scores.topk(k, dim=-1)
-        return [
-            list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)
-        ]
+        return TopK(ids.cpu().numpy(), values.cpu().numpy())
 
     return postprocess

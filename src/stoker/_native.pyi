@@ -280,15 +280,19 @@ class Gateway:
         outputs: Sequence[
             tuple[str, str, Annotated[NDArray, dict(order="C", device="cpu", writable=False)]]
         ],
-        timings: Annotated[
-            NDArray[numpy.float64],
-            dict(shape=(None, None), order="C", device="cpu", writable=False),
+        queue_us: Annotated[
+            NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
         ],
+        total_us: Annotated[
+            NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+        shared: Sequence[float],
         errors: Sequence[tuple[int, int, str]],
     ) -> None:
         """
-        Answer elements: outputs are (name, datatype, array with one row per id), timings
-        (len(ids), 7) µs per stage, errors (row, status, message).
+        Answer elements: outputs are (name, datatype, array with one row per id); queue_us
+        and total_us per id, shared the batch's (batch, preprocess, h2d, compute,
+        postprocess) µs; errors (row, status, message).
         """
 
     def fail(

@@ -58,25 +58,29 @@ class GatewaySink:
         shared: Sequence[float],
         errors: dict[int, BaseException],
     ) -> None:
-        rows = np.flatnonzero(ids >= np.uint64(self.id_bit))
-        if rows.size == 0:
-            return
-        picked = rows.tolist()
+        mine = ids >= np.uint64(self.id_bit)
+        rows: npt.NDArray[np.intp] | None = None
+        if mine.all():  # a batch of native requests only: no row selection, no copies
+            queue, total = queue_us, total_us
+        else:
+            rows = np.flatnonzero(mine)
+            if rows.size == 0:
+                return
+            ids, queue, total = ids[rows], queue_us[rows], total_us[rows]
         # Failed rows still have a (meaningless) result; the gateway answers them with their error.
-        outputs = self._task.row_outputs([results[r] for r in picked])
-        timings = np.empty((rows.size, 7), dtype=np.float64)
-        timings[:, 0] = queue_us[rows]
-        timings[:, 1:6] = shared
-        timings[:, 6] = total_us[rows]
+        outputs = self._task.batch_outputs(results, rows)
         failed = []
-        for i, r in enumerate(picked):
-            if r in errors:
-                http = status_of(errors[r])  # type: ignore[arg-type]
-                failed.append((i, http.status, str(http)))
+        if errors:
+            for i, r in enumerate(range(len(ids)) if rows is None else rows.tolist()):
+                if r in errors:
+                    http = status_of(errors[r])  # type: ignore[arg-type]
+                    failed.append((i, http.status, str(http)))
         self._gateway.answer(
-            np.ascontiguousarray(ids[rows]),
+            ids,
             [(o.name, o.datatype, np.ascontiguousarray(o.data)) for o in outputs],
-            timings,
+            np.ascontiguousarray(queue, dtype=np.int64),
+            np.ascontiguousarray(total, dtype=np.int64),
+            tuple(shared),
             failed,
         )
 

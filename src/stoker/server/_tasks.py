@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from stoker._engine import Engine
-from stoker._models import ModelLike, top_k
+from stoker._models import ModelLike, TopK, top_k
 from stoker._runner import TORCH_DTYPES
 from stoker._stats import Timings
 from stoker.server._config import ModelConfig
@@ -74,6 +75,22 @@ class ImageClassification:
         k = self.config.top_k
         ids = np.array([[c for c, _ in r] for r in results], dtype=np.int64).reshape(-1, k)
         scores = np.array([[s for _, s in r] for r in results], dtype=np.float32).reshape(-1, k)
+        return [
+            OutputTensor("class_ids", "INT64", list(ids.shape), ids),
+            OutputTensor("scores", "FP32", list(scores.shape), scores),
+        ]
+
+    def batch_outputs(
+        self, results: Sequence[Any], rows: npt.NDArray[np.intp] | None
+    ) -> list[OutputTensor]:
+        """``row_outputs`` of some rows of a batch's results (None: all), without per-row Python
+        when the results are the ``top_k`` postprocess's arrays."""
+        if not isinstance(results, TopK):
+            picked = range(len(results)) if rows is None else rows.tolist()
+            return self.row_outputs([results[r] for r in picked])
+        ids, scores = results.ids, results.scores
+        if rows is not None:
+            ids, scores = ids[rows], scores[rows]
         return [
             OutputTensor("class_ids", "INT64", list(ids.shape), ids),
             OutputTensor("scores", "FP32", list(scores.shape), scores),
