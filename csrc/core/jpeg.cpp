@@ -88,7 +88,9 @@ constexpr int kEndOfBlock = 128;
 
 struct HuffTable {
   uint16_t symbol[1 << kPeekBits];  // code length << 8 | symbol; 0 for longer codes
-  uint64_t steps[1 << kPeekBits];   // AC tables only
+  // AC tables: the steps above. DC tables: kWhole | bits used | difference << 16 where the code
+  // and its magnitude bits fit.
+  uint64_t steps[1 << kPeekBits];
   int32_t max_code[17];  // the largest code of each length, -1 when there is none
   int32_t first_index[17];  // position in `values` of code 0 of each length (may be negative)
   uint8_t values[256];
@@ -127,7 +129,17 @@ void build_table(const JHUFF_TBL& spec, bool ac, HuffTable& t) {
     code <<= 1;
   }
   std::memcpy(t.values, spec.huffval, sizeof(t.values));
-  if (!ac) return;
+  if (!ac) {
+    for (int peek = 0; peek < (1 << kPeekBits); ++peek) {
+      const int len = t.symbol[peek] >> 8, size = t.symbol[peek] & 15;
+      t.steps[peek] = 0;
+      if (len == 0 || len + size > kPeekBits) continue;
+      const int bits = (peek >> (kPeekBits - len - size)) & ((1 << size) - 1);
+      const int diff = size != 0 ? extend(bits, size) : 0;
+      t.steps[peek] = kWhole | uint64_t(len + size) | uint64_t(uint16_t(diff)) << 16;
+    }
+    return;
+  }
   for (int peek = 0; peek < (1 << kPeekBits); ++peek) {
     int used1, advance1, value1;
     t.steps[peek] = 0;
@@ -253,9 +265,15 @@ inline bool decode_block(BitReader& in, const HuffTable& dc, const HuffTable& ac
                          JCOEF* block) {
   // 32 bits cover the longest code (16) with the longest magnitude (15).
   if (in.count < 32) in.refill();
-  const int size = decode_symbol(in, dc);
-  if (size < 0) return false;
-  last_dc += size != 0 ? extend(in.take(size), size) : 0;
+  const uint64_t dc_step = dc.steps[in.peek(kPeekBits)];
+  if (dc_step & kWhole) {
+    last_dc += int16_t(dc_step >> 16);
+    in.drop(int(dc_step & 0x7F));
+  } else {
+    const int size = decode_symbol(in, dc);
+    if (size < 0) return false;
+    last_dc += size != 0 ? extend(in.take(size), size) : 0;
+  }
   int k = 1;
   do {
     if (in.count < 32) in.refill();
