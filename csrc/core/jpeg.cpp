@@ -79,10 +79,10 @@ struct Zigzag {
 const Zigzag kZigzag;
 
 // An AC step is one lookup by the next kPeekBits bits that yields up to two coefficients whose
-// codes and magnitude bits all fit: bits used (0-6) | kWhole (7) | first advance - 1 (8-15) |
-// first value (16-31) | bits of the first alone (32-38) | whether there is a second (39) | second
-// advance - 1 (40-47) | second value (48-63). An end of block advances by kEndOfBlock; a run of
-// 16 zeros writes a zero. Without kWhole the step is not usable and `symbol` decodes the code.
+// codes and magnitude bits all fit: bits used (0-6) | kWhole (7) | zero run before the first
+// (8-15) | first value (16-31) | bits of the first alone (32-38) | whether there is a second (39) |
+// zero run before the second (40-47) | second value (48-63). An end of block counts as a run of
+// kEndOfBlock; a run of 16 zeros writes a zero. Without kWhole, `symbol` decodes the code.
 constexpr uint64_t kWhole = 0x80;
 constexpr int kEndOfBlock = 128;
 
