@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csetjmp>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -10,6 +12,11 @@
 #include "core/image.hpp"
 #include "core/status.hpp"
 #include "test_util.hpp"
+
+// clang-format off
+#include <jpeglib.h>
+#include <jerror.h>
+// clang-format on
 
 namespace stoker {
 namespace {
@@ -628,6 +635,92 @@ TEST(DecodeRegion, PngAndWebpRegions) {
       const PixelView v = decode_region(item.first.data(), item.first.size(), info, 8, r, buffer);
       EXPECT_TRUE(region_matches(v, r, item.second));
     }
+  }
+}
+
+// libjpeg alone at scale_num/8 with the core's policy (running out of data is an error, other
+// warnings are not): RGBX rows, or false on an error.
+struct LibjpegFailure {
+  jpeg_error_mgr pub;
+  std::jmp_buf jump;
+};
+
+[[noreturn]] void libjpeg_fail(j_common_ptr c) {
+  std::longjmp(reinterpret_cast<LibjpegFailure*>(c->err)->jump, 1);
+}
+
+void libjpeg_warn(j_common_ptr c, int level) {
+  if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF) libjpeg_fail(c);
+}
+
+bool libjpeg_rgbx(const Bytes& data, int scale_num, jpeg_decompress_struct& d, Image& out) {
+  if (setjmp(reinterpret_cast<LibjpegFailure*>(d.err)->jump)) return false;
+  jpeg_mem_src(&d, data.data(), static_cast<unsigned long>(data.size()));
+  jpeg_read_header(&d, TRUE);
+  d.out_color_space = JCS_EXT_RGBX;
+  d.scale_num = unsigned(scale_num);
+  d.scale_denom = 8;
+  jpeg_start_decompress(&d);
+  out = Image(int(d.output_width), int(d.output_height), 4);
+  while (d.output_scanline < d.output_height) {
+    JSAMPROW row = out.at(0, int(d.output_scanline));
+    jpeg_read_scanlines(&d, &row, 1);
+  }
+  jpeg_finish_decompress(&d);
+  return true;
+}
+
+// The core decodes well-formed entropy-coded data itself and leaves anything else to libjpeg:
+// damaged scans (the file still ending with its EOI marker) must give libjpeg's pixels or fail
+// where libjpeg fails, at full and reduced scale.
+TEST(DecodeRegion, DamagedJpegScansDecodeAsLibjpeg) {
+  JpegOptions restart;
+  restart.restart_rows = 1;
+  for (const JpegOptions& options : {JpegOptions{}, restart}) {
+    const Bytes good = test::encode_jpeg(test::make_rgb(97, 75, 5), options);
+    size_t scan = 0;  // the first byte after the SOS segment
+    for (size_t i = 2; i + 3 < good.size(); ++i) {
+      if (good[i] == 0xFF && good[i + 1] == 0xDA) {
+        scan = i + 2 + (size_t(good[i + 2]) << 8 | good[i + 3]);
+        break;
+      }
+    }
+    ASSERT_GT(scan, 0u);
+    test::Rng rng(options.restart_rows + 1);
+    int damaged = 0;  // decodes whose pixels the mutation changed
+    for (int m = 0; m < 150; ++m) {
+      Bytes data = good;
+      for (int n = rng.range(1, 3); n > 0; --n)
+        data[scan + rng.below(data.size() - 2 - scan)] = uint8_t(rng.below(256));
+      for (int k : {8, 2}) {
+        SCOPED_TRACE("mutation " + std::to_string(m) + (options.restart_rows ? " restart" : "") +
+                     " scale " + std::to_string(k) + "/8");
+        jpeg_decompress_struct d;
+        LibjpegFailure err;
+        d.err = jpeg_std_error(&err.pub);
+        err.pub.error_exit = libjpeg_fail;
+        err.pub.emit_message = libjpeg_warn;
+        jpeg_create_decompress(&d);
+        Image want, intact;
+        const bool want_ok = libjpeg_rgbx(data, k, d, want);
+        jpeg_destroy_decompress(&d);
+        jpeg_create_decompress(&d);
+        ASSERT_TRUE(libjpeg_rgbx(good, k, d, intact));
+        jpeg_destroy_decompress(&d);
+        if (!want_ok || want.px != intact.px) ++damaged;
+        Buffer buffer;
+        try {
+          const ImageInfo info = read_info(data.data(), data.size(), kDefaultMaxPixels);
+          const Rect all{0, 0, scaled_size(info.width, k), scaled_size(info.height, k)};
+          const PixelView v = decode_region(data.data(), data.size(), info, k, all, buffer);
+          ASSERT_TRUE(want_ok) << "decoded where libjpeg fails";
+          EXPECT_TRUE(region_matches(v, all, want));
+        } catch (const ImageError& e) {
+          EXPECT_FALSE(want_ok) << "failed where libjpeg decodes: " << e.what();
+        }
+      }
+    }
+    EXPECT_GT(damaged, 200);
   }
 }
 
