@@ -1,4 +1,4 @@
-"""The `stoker` command: `stoker demo`, `stoker serve`."""
+"""The `stoker` command: `stoker demo`, `stoker serve`, `stoker bench`."""
 
 from __future__ import annotations
 
@@ -12,12 +12,20 @@ app = typer.Typer(help="stoker: serve PyTorch models so the GPU never waits.", a
 
 @app.command()
 def demo(
-    seconds: Annotated[float, typer.Option(help="timing per figure")] = 2.5,
+    preprocess: Annotated[
+        bool, typer.Option(help="instead: stoker's preprocessing against Pillow's")
+    ] = False,
+    seconds: Annotated[
+        float, typer.Option(help="measured seconds per load level (per figure with --preprocess)")
+    ] = 2.0,
+    out: Annotated[Path, typer.Option(help="folder for the report")] = Path("stoker-demo"),
 ) -> None:
-    """Preprocess generated sample images with stoker and with Pillow; print both rates."""
+    """Serve a small CNN with stoker, load-test it and write a report; print the headline."""
     from stoker import _demo
 
-    raise typer.Exit(_demo.run(seconds=seconds))
+    if preprocess:
+        raise typer.Exit(_demo.run(seconds=seconds))
+    raise typer.Exit(_demo.serve_and_bench(out, seconds=seconds))
 
 
 @app.command()
@@ -111,3 +119,117 @@ def _share(value: str | None) -> float | Literal["auto"] | None:
         raise typer.BadParameter(
             f"--gpu-decode takes a share in [0, 1] or 'auto', not {value!r}"
         ) from None
+
+
+def _numbers(text: str, kind: type[int] | type[float], option: str) -> tuple[Any, ...]:
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes comma-separated numbers, not {text!r}") from None
+
+
+@app.command()
+def bench(
+    url: Annotated[
+        str | None, typer.Option(help="drive the server at this URL instead of starting stoker")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="stoker's model: tiny or small (embedded), torchvision name, file")
+    ] = "tiny",
+    model_name: Annotated[
+        str | None, typer.Option(help="model name in request URLs (default: from --model)")
+    ] = None,
+    weights: Annotated[str | None, typer.Option(help="state-dict file for --model")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    dtype: Annotated[Literal["float32", "float16", "bfloat16"] | None, typer.Option()] = None,
+    max_batch_size: Annotated[int, typer.Option()] = 32,
+    max_delay_ms: Annotated[float, typer.Option()] = 2.0,
+    io_threads: Annotated[int, typer.Option(help="stoker's native front: I/O threads")] = 1,
+    token: Annotated[str | None, typer.Option(help="bearer token sent with every request")] = None,
+    label: Annotated[str, typer.Option(help="name of this run in the report")] = "stoker",
+    baseline_cmd: Annotated[
+        str | None,
+        typer.Option(help="also run a server started by this command ({port} is replaced)"),
+    ] = None,
+    baseline_url: Annotated[
+        str | None, typer.Option(help="also run the server at this URL")
+    ] = None,
+    baseline_label: Annotated[str, typer.Option()] = "baseline",
+    images: Annotated[
+        Path | None, typer.Option(help="folder of .jpg/.jpeg/.png/.webp request images")
+    ] = None,
+    generated: Annotated[int, typer.Option(help="photo-like JPEGs to draw without --images")] = 8,
+    images_per_request: Annotated[int, typer.Option()] = 1,
+    concurrency: Annotated[str, typer.Option(help="closed-loop connection counts")] = "1,4,16",
+    rates: Annotated[str, typer.Option(help="open-loop request rates per second")] = "",
+    rate_fractions: Annotated[
+        str, typer.Option(help="open-loop rates as shares of each run's closed-loop peak")
+    ] = "0.5,0.9",
+    open_connections: Annotated[int, typer.Option(help="connections of open-loop levels")] = 64,
+    seconds: Annotated[float, typer.Option(help="measured seconds per level")] = 5.0,
+    warmup: Annotated[float, typer.Option(help="uncounted seconds before each level")] = 1.0,
+    max_requests: Annotated[int, typer.Option(help="per level; 0: no limit")] = 0,
+    timeout: Annotated[float, typer.Option(help="seconds before a request times out")] = 30.0,
+    gen_threads: Annotated[int, typer.Option(help="load generator threads")] = 1,
+    out: Annotated[Path, typer.Option(help="folder for report.html, plots and JSON")] = Path(
+        "bench-report"
+    ),
+    compare: Annotated[
+        tuple[Path, Path] | None,
+        typer.Option(help="draw the report of two saved runs (JSON) instead of running"),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="progress line on a terminal")] = True,
+) -> None:
+    """Load-test a KServe v2 server (stoker by default) and write an HTML report with plots."""
+    from stoker import bench as sb
+
+    if compare is not None:
+        sb.report(sb.load_runs(list(compare)), out)
+        return
+    try:
+        plan = sb.Plan(
+            concurrency=_numbers(concurrency, int, "--concurrency"),
+            rates=_numbers(rates, float, "--rates"),
+            rate_fractions=_numbers(rate_fractions, float, "--rate-fractions"),
+            open_connections=open_connections,
+            seconds=seconds,
+            warmup_s=warmup,
+            max_requests=max_requests,
+            timeout_s=timeout,
+            gen_threads=gen_threads,
+        )
+        bodies = sb.load_images(images, generated)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    name = model_name or Path(model).stem
+    targets: list[sb.Target] = []
+    if url is not None:
+        targets.append(lambda: sb.url_target(url, name, label, token))
+    else:
+        settings = sb.StokerSettings(
+            model=model,
+            name=name,
+            weights=weights,
+            device=device,
+            dtype=dtype,
+            max_batch_size=max_batch_size,
+            max_delay_ms=max_delay_ms,
+            io_threads=io_threads,
+        )
+        if weights is None and not Path(model).is_file():
+            typer.echo(f"note: {model} runs with random weights (no --weights given)", err=True)
+        targets.append(lambda: sb.stoker_target(settings, label))
+    if baseline_cmd is not None:
+        targets.append(lambda: sb.command_target(baseline_cmd, name, baseline_label, token))
+    if baseline_url is not None:
+        targets.append(lambda: sb.url_target(baseline_url, name, baseline_label, token))
+    source = str(images) if images is not None else f"{len(bodies)} generated JPEGs"
+    sb.bench(
+        targets,
+        plan,
+        bodies,
+        out,
+        images_source=source,
+        per_request=images_per_request,
+        progress=progress,
+    )

@@ -1,8 +1,9 @@
-"""`python -m stoker demo`: a short tour on images the demo draws itself.
+"""`python -m stoker demo`: short tours on images the demo draws itself.
 
-Generates a few photo-like JPEGs (and a PNG and a WebP), preprocesses them with stoker and with the
-plain Pillow pipeline, shows that the two agree, then times both, single-threaded and on every
-thread, in about 20 seconds.
+``serve_and_bench`` (the default) serves the embedded small CNN over HTTP, sweeps it with
+`stoker bench` and writes the report. ``run`` (``--preprocess``) generates a few photo-like JPEGs
+(and a PNG and a WebP), preprocesses them with stoker and with the plain Pillow pipeline, shows
+that the two agree, then times both, single-threaded and on every thread, in about 20 seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -201,4 +203,35 @@ def run(seconds: float = 2.5) -> int:
         print(f"  {name:16s} {one:8.1f} img/s {many:8.1f} img/s")
     print(f"  {'stoker speedup':16s} {s1 / pil_rates[0]:13.2f}x {sn / pil_rates[1]:13.2f}x")
     print(f"\n(done in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} CPUs on this machine)")
+    return 0
+
+
+def serve_and_bench(out: Path, seconds: float = 2.0) -> int:
+    """Serves the embedded TinyCNN on stoker's native front, drives it closed-loop at 1, 4 and 16
+    connections and open-loop at 70% of the peak, and writes the report into ``out``."""
+    try:
+        from stoker import bench
+    except ImportError as e:
+        print(f"the demo needs the server and bench extras: pip install stoker[server,bench] ({e})")
+        return 1
+    t0 = time.perf_counter()
+    print(
+        "stoker demo: the embedded TinyCNN (random weights: its answers mean nothing, the point is "
+        "the path around the model) behind stoker's native HTTP front, on the CPU"
+    )
+    plan = bench.Plan(concurrency=(1, 4, 16), rate_fractions=(0.7,), seconds=seconds, warmup_s=0.5)
+    images = bench.load_images(None, generated=8)
+    settings = bench.StokerSettings()
+    bench.bench(
+        [lambda: bench.stoker_target(settings, "stoker")],
+        plan,
+        images,
+        out,
+        images_source=f"{len(images)} generated JPEGs",
+    )
+    print(
+        f"(open report.html in a browser; done in {time.perf_counter() - t0:.0f} s, "
+        f"{os.cpu_count()} CPUs on this machine; `stoker demo --preprocess` shows the "
+        "preprocessing alone)"
+    )
     return 0
