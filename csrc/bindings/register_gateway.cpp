@@ -111,6 +111,8 @@ void register_gateway(nb::module_& m) {
            "Bind host:port (0: any free port). `models` holds (name, feeder, output names).")
       .def_prop_ro("port", &Gateway::port)
       .def_prop_ro("forwarded", &Gateway::forwarded, "Requests handed to Python so far.")
+      .def_prop_ro("pending", &Gateway::pending,
+                   "Requests whose images are still queued or in a batch.")
       .def_ro_static("id_bit", &Gateway::kIdBit)
       .def("start", &Gateway::start, "Start serving.")
       .def(

@@ -109,6 +109,11 @@ std::vector<std::pair<int, uint64_t>> Gateway::counts(size_t m) const {
   return out;
 }
 
+size_t Gateway::pending() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return pending_.size();
+}
+
 void Gateway::on_request(uint64_t token, HttpRequest&& request) {
   constexpr std::string_view prefix = "/v2/models/";
   constexpr std::string_view suffix = "/infer";

@@ -103,6 +103,8 @@ class Gateway {
   // Answered requests of model `m` (index into the models given) by HTTP status.
   std::vector<std::pair<int, uint64_t>> counts(size_t m) const;
   uint64_t forwarded() const { return forwarded_.load(std::memory_order_relaxed); }
+  // Requests holding images in the queue or in a batch (answered or not).
+  size_t pending() const;
 
  private:
   struct Pending;

@@ -192,6 +192,7 @@ TEST(Gateway, ManyClientsEachGetTheirOwnAnswer) {
   }
   for (auto& t : clients) t.join();
   EXPECT_EQ(ok.load(), 80);
+  EXPECT_EQ(f.gateway->pending(), 0u);
   EXPECT_EQ(f.gateway->counts(0), (std::vector<std::pair<int, uint64_t>>{{200, 80}}));
 }
 

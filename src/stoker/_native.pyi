@@ -247,6 +247,10 @@ class Gateway:
     def forwarded(self) -> int:
         """Requests handed to Python so far."""
 
+    @property
+    def pending(self) -> int:
+        """Requests whose images are still queued or in a batch."""
+
     id_bit: Final[int] = ...
     """(arg: object, /) -> int"""
 
