@@ -1,14 +1,19 @@
-"""`stoker bench`: the histogram math, the report drawn from a recorded run, and a short run
-against an in-process stoker server."""
+"""`stoker bench`: the histogram math, the report drawn from a recorded run, short runs against an
+in-process stoker server and against stoker's engine, and GPU sampling through a stand-in NVML."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import sys
+import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from _imagegen import jpeg_rgb
@@ -16,8 +21,12 @@ from typer.testing import CliRunner
 
 from stoker import _native, bench
 from stoker._cli import app
-from stoker._stats import HistogramSnapshot
-from stoker.bench import _stats
+from stoker._engine import Engine
+from stoker._errors import ImageError
+from stoker._stats import STAGES, HistogramSnapshot, Timings
+from stoker.bench import _figures, _stats
+from stoker.bench._engine_target import EngineLoad
+from stoker.bench._sample import Sampler
 
 RECORDED = Path(__file__).parent / "fixtures" / "bench_stoker_vs_naive.json"
 RESOLUTION = 1.125  # 8 buckets per power of two: a bucket's edge is at most 12.5% above its values
@@ -168,3 +177,160 @@ def test_errors_are_counted_by_status(server: bench.Endpoint, images: Path, tmp_
     assert comparison["throughput_ratio"] is None  # nothing succeeded on the baseline
     assert comparison["levels"][0]["p99_ratio"] is None
     assert "404: " in page.read_text()
+
+
+def test_short_run_against_the_engine(images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["bench", "--engine", "--max-batch-size", "8", "--images", str(images)]
+    args += ["--concurrency", "1,4", "--rate-fractions", "", "--rates", "150"]
+    args += ["--seconds", "0.4", "--warmup", "0.1", "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "engine.json").read_text())
+    assert "stoker engine in process" in run["description"]
+    assert "io_threads" not in run["settings"]
+    assert [lv["key"] for lv in run["levels"]] == ["c=1", "c=4", "150/s"]
+    for level in run["levels"]:
+        # Closed and open loop alike wait for every measured request, so each one sent completed.
+        assert level["sent"] == level["completed"] == level["ok"] > 0 and level["errors"] == {}
+        assert level["latency_histogram"]["count"] == level["completed"]
+        assert level["throughput"] == pytest.approx(level["ok"] / level["elapsed_s"])
+        assert set(level["stages_ms"]) == set(STAGES)
+        assert level["stages_ms"]["compute"] > 0 and level["stages_ms"]["total"] > 0
+        # The client's latency holds the engine's total, plus waking the caller's task.
+        assert level["latency_ms"]["mean"] >= level["stages_ms"]["total"]
+        assert 0 < level["orchestration_share"] < 1
+        assert level["generator"]["threads"] == 1 and level["generator"]["cpu_cores"] > 0
+        assert "host_cores" in level["machine"]
+    open_level = run["levels"][2]
+    assert open_level["mode"] == "open" and open_level["connections"] == 64
+    assert 20 <= open_level["sent"] <= 110  # Poisson at 150/s over 0.4 s: 60 expected
+    text = (out / "report.html").read_text()
+    assert all(f"<td>{lv['name']}</td>" in text for lv in run["levels"])
+    assert (out / "stages.png").stat().st_size > 0
+    assert "engine: peak" in result.output
+
+
+class _StandIn:
+    """An engine's ``infer_timed`` that stalls on its first call and fails on chosen calls."""
+
+    def __init__(self, stall_s: float = 0.0, failing: frozenset[int] = frozenset()) -> None:
+        self.stall_s = stall_s
+        self.failing = failing
+        self.calls = 0
+
+    async def infer_timed(self, image: bytes) -> tuple[Any, Timings]:
+        self.calls += 1
+        if self.calls in self.failing:
+            raise ImageError("not an image")
+        await asyncio.sleep(self.stall_s if self.calls == 1 else 0)
+        return None, Timings(10.0, 0.0, 50.0, 0.0, 100.0, 5.0, 200.0, 1)
+
+
+def _drive(engine: _StandIn, plan: bench.Plan, connections: int, rate: float) -> dict[str, Any]:
+    load = EngineLoad(cast(Engine, engine), [(b"x",)], plan, connections, rate)
+    load.start()
+    while not load.done:
+        time.sleep(0.01)
+    return load.wait()
+
+
+def test_open_loop_latency_counts_from_the_scheduled_arrival() -> None:
+    plan = bench.Plan(concurrency=(), rates=(200.0,), seconds=0.6, warmup_s=0.0)
+    report = _drive(_StandIn(stall_s=0.3), plan, 1, 200.0)
+    latency = _stats.snapshot(report["latency"])
+    # The arrivals queued behind the stalled first request waited up to 0.3 s for the one caller:
+    # timed from their sends they would all read as instant.
+    assert report["late"] >= 20
+    assert latency.count == report["completed"] == report["sent"] > 60
+    assert latency.quantile(0.9) >= 50_000
+    assert report["unsent"] == 0 and report["timeouts"] == 0
+
+
+def test_engine_failures_count_by_the_servers_status() -> None:
+    plan = bench.Plan(concurrency=(2,), seconds=0.2, warmup_s=0.0, max_requests=40)
+    engine = _StandIn(failing=frozenset(range(1, 41, 4)))
+    report = _drive(engine, plan, 2, 0.0)
+    assert report["completed"] == 40 == sum(report["statuses"].values())
+    assert report["statuses"][400] == 10  # stoker's server answers an ImageError with a 400
+    timing = {k: _stats.snapshot(v) for k, v in report["server_timing"].items()}
+    assert timing["compute"].count == 30 and timing["compute"].max == 100
+    assert _stats.orchestration_share(timing) == pytest.approx(0.5)
+
+
+def _fake_nvml(fail: str | None = None) -> tuple[types.ModuleType, list[str]]:
+    """A `pynvml` of two GPUs (30% and 50% busy, 1 and 3 GiB of 8 used) recording its calls;
+    ``fail`` names a call that raises."""
+    calls: list[str] = []
+    nvml = types.ModuleType("pynvml")
+    memory = [types.SimpleNamespace(total=8 << 30, used=used << 30) for used in (1, 3)]
+
+    def call(name: str, value: Any = None) -> Any:
+        def f(*args: Any) -> Any:
+            calls.append(name)
+            if name == fail:
+                raise RuntimeError(f"{name} failed")
+            return value(*args) if callable(value) else value
+
+        setattr(nvml, name, f)
+
+    call("nvmlInit")
+    call("nvmlShutdown")
+    call("nvmlDeviceGetCount", 2)
+    call("nvmlDeviceGetHandleByIndex", lambda i: i)
+    call("nvmlDeviceGetName", lambda h: [b"Fake A", "Fake B"][h])
+    call("nvmlDeviceGetMemoryInfo", lambda h: memory[h])
+    call("nvmlDeviceGetUtilizationRates", lambda h: types.SimpleNamespace(gpu=(30, 50)[h]))
+    return nvml, calls
+
+
+def test_gpu_samples_reach_the_report(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    nvml, calls = _fake_nvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    with Sampler(interval_s=0.01) as sampler:
+        start = time.monotonic()
+        time.sleep(0.1)
+        summary = sampler.summary(start, time.monotonic())
+        machine = sampler.machine
+    assert calls[-1] == "nvmlShutdown"
+    assert machine["gpus"] == ["Fake A", "Fake B"] and machine["gpu_memory_mib"] == 16384
+    assert summary["gpu_util_pct"] == 40  # the mean over the GPUs
+    assert summary["gpu_mem_mib"] == 4096 and summary["gpu_mem_total_mib"] == 16384
+    run = bench.load_runs([RECORDED])[0]
+    run["machine"] = machine
+    for level in run["levels"]:
+        level["machine"] = {**level["machine"], **summary}
+    text = bench.report([run], tmp_path).read_text()
+    assert "gpus [&#x27;Fake A&#x27;, &#x27;Fake B&#x27;]" in text
+    assert text.count("<td>40%</td><td>4096 MiB</td>") == len(run["levels"])
+    assert (tmp_path / "resources.png").stat().st_size > 0
+    figure = _figures._resources([run])
+    gpu = next(ax for ax in figure.axes if ax.get_ylabel() == "GPU (%)")
+    lines = {line.get_label(): np.asarray(line.get_ydata()).tolist() for line in gpu.get_lines()}
+    plt.close(figure)
+    assert lines["GPU utilization (%)"] == [40] * len(run["levels"])
+    assert lines["GPU memory used (%)"] == [25] * len(run["levels"])
+
+
+@pytest.mark.parametrize("fail", ["nvmlInit", "nvmlDeviceGetCount", "nvmlDeviceGetMemoryInfo"])
+def test_gpu_sampling_degrades_quietly(monkeypatch: pytest.MonkeyPatch, fail: str) -> None:
+    nvml, calls = _fake_nvml(fail)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    with Sampler(interval_s=0.01) as sampler:
+        start = time.monotonic()
+        time.sleep(0.05)
+        summary = sampler.summary(start, time.monotonic())
+    assert "gpus" not in sampler.machine
+    assert summary.keys() <= {"host_cores"}
+    assert all(s.gpu_util_pct is None and s.gpu_mem_mib is None for s in sampler.samples)
+    # NVML is shut down exactly when it came up.
+    assert ("nvmlShutdown" in calls) == (fail != "nvmlInit")
+
+
+def test_a_gpu_lost_mid_run_leaves_gaps(monkeypatch: pytest.MonkeyPatch) -> None:
+    nvml, _ = _fake_nvml("nvmlDeviceGetUtilizationRates")
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    with Sampler(interval_s=0.01) as sampler:
+        time.sleep(0.05)
+    assert sampler.machine["gpus"] == ["Fake A", "Fake B"]
+    assert sampler.samples and all(s.gpu_util_pct is None for s in sampler.samples)

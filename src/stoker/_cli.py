@@ -133,6 +133,10 @@ def bench(
     url: Annotated[
         str | None, typer.Option(help="drive the server at this URL instead of starting stoker")
     ] = None,
+    engine: Annotated[
+        bool,
+        typer.Option(help="drive stoker's engine in this process (asyncio callers, no HTTP)"),
+    ] = False,
     model: Annotated[
         str, typer.Option(help="stoker's model: tiny or small (embedded), torchvision name, file")
     ] = "tiny",
@@ -146,7 +150,10 @@ def bench(
     max_delay_ms: Annotated[float, typer.Option()] = 2.0,
     io_threads: Annotated[int, typer.Option(help="stoker's native front: I/O threads")] = 1,
     token: Annotated[str | None, typer.Option(help="bearer token sent with every request")] = None,
-    label: Annotated[str, typer.Option(help="name of this run in the report")] = "stoker",
+    label: Annotated[
+        str | None,
+        typer.Option(help="name of this run in the report [default: stoker, engine with --engine]"),
+    ] = None,
     baseline_cmd: Annotated[
         str | None,
         typer.Option(help="also run a server started by this command ({port} is replaced)"),
@@ -170,7 +177,9 @@ def bench(
     warmup: Annotated[float, typer.Option(help="uncounted seconds before each level")] = 1.0,
     max_requests: Annotated[int, typer.Option(help="per level; 0: no limit")] = 0,
     timeout: Annotated[float, typer.Option(help="seconds before a request times out")] = 30.0,
-    gen_threads: Annotated[int, typer.Option(help="load generator threads")] = 1,
+    gen_threads: Annotated[
+        int, typer.Option(help="load generator threads (HTTP; one thread drives the engine)")
+    ] = 1,
     out: Annotated[Path, typer.Option(help="folder for report.html, plots and JSON")] = Path(
         "bench-report"
     ),
@@ -180,9 +189,13 @@ def bench(
     ] = None,
     progress: Annotated[bool, typer.Option(help="progress line on a terminal")] = True,
 ) -> None:
-    """Load-test a KServe v2 server (stoker by default) and write an HTML report with plots."""
+    """Load-test a KServe v2 server (stoker by default) or stoker's engine in this process, and
+    write an HTML report with plots."""
     from stoker import bench as sb
 
+    if engine and url is not None:
+        raise typer.BadParameter("give --engine or --url, not both")
+    run_label = label or ("engine" if engine else "stoker")
     if compare is not None:
         sb.report(sb.load_runs(list(compare)), out)
         return
@@ -204,7 +217,7 @@ def bench(
     name = model_name or Path(model).stem
     targets: list[sb.Target] = []
     if url is not None:
-        targets.append(lambda: sb.url_target(url, name, label, token))
+        targets.append(lambda: sb.url_target(url, name, run_label, token))
     else:
         settings = sb.StokerSettings(
             model=model,
@@ -218,7 +231,8 @@ def bench(
         )
         if weights is None and not Path(model).is_file():
             typer.echo(f"note: {model} runs with random weights (no --weights given)", err=True)
-        targets.append(lambda: sb.stoker_target(settings, label))
+        start = sb.engine_target if engine else sb.stoker_target
+        targets.append(lambda: start(settings, run_label))
     if baseline_cmd is not None:
         targets.append(lambda: sb.command_target(baseline_cmd, name, baseline_label, token))
     if baseline_url is not None:

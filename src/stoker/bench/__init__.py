@@ -1,9 +1,10 @@
-"""`stoker bench`: drive KServe v2 servers with stoker's native load generator and report.
+"""`stoker bench`: drive KServe v2 servers with stoker's native load generator, or stoker's engine
+in this process with asyncio callers, and report.
 
-Each target (a stoker server started here, a server started from a command, or one at a URL) is
-swept in turn, alone on the machine: closed-loop concurrency levels, then open-loop rates. Every
-run is saved as JSON and drawn into ``report.html`` with PNG plots; two runs make a side-by-side
-report with throughput and p99 ratios.
+Each target (a stoker server started here, stoker's engine, a server started from a command, or
+one at a URL) is swept in turn, alone on the machine: closed-loop concurrency levels, then
+open-loop rates. Every run is saved as JSON and drawn into ``report.html`` with PNG plots; two
+runs make a side-by-side report with throughput and p99 ratios.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from stoker.bench._engine_target import EngineTarget, engine_target
 from stoker.bench._report import (
     compare,
     comparison_lines,
@@ -23,25 +25,27 @@ from stoker.bench._report import (
     load_runs,
     write,
 )
-from stoker.bench._run import Plan, run
+from stoker.bench._run import Driven, Plan, run
 from stoker.bench._targets import (
     Endpoint,
     StokerSettings,
     command_target,
-    kserve_request,
     load_images,
     stoker_target,
     url_target,
 )
 
 __all__ = [
+    "Driven",
     "Endpoint",
+    "EngineTarget",
     "Plan",
     "StokerSettings",
     "Target",
     "bench",
     "command_target",
     "compare",
+    "engine_target",
     "load_images",
     "load_runs",
     "report",
@@ -49,8 +53,8 @@ __all__ = [
     "url_target",
 ]
 
-Target = Callable[[], contextlib.AbstractContextManager[Endpoint]]
-"""Starts a server when called and stops it when its context ends."""
+Target = Callable[[], contextlib.AbstractContextManager[Driven]]
+"""Starts a server (or an engine) when called and stops it when its context ends."""
 
 
 def bench(
@@ -79,10 +83,11 @@ def bench(
     runs = []
     for target in targets:
         with target() as endpoint:
-            requests = [
-                kserve_request([images[(i + j) % n] for j in range(per_request)], endpoint)
+            groups = [
+                [images[(i + j) % n] for j in range(per_request)]
                 for i in range(0, n * per_request, per_request)
             ]
+            requests = endpoint.requests(groups)
             doc = run(
                 endpoint,
                 requests,

@@ -174,11 +174,13 @@ def _run_section(run: Run) -> list[str]:
     machine = ", ".join(f"{k} {v}" for k, v in run["machine"].items())
     plan = run["plan"]
     images = run["images"]
+    # From the levels, not the plan: one thread drives the engine whatever --gen-threads says.
+    threads = run["levels"][0]["generator"]["threads"]
     parts = [
         f"<h2>{e(run['label'])}</h2><p>{e(run['description'])}<br>started {e(run['started'])}; "
         f"machine: {e(machine)}<br>{images['count']} image(s) ({e(images['source'])}), "
         f"{images['per_request']} per request; {plan['seconds']:g} s per level after "
-        f"{plan['warmup_s']:g} s of warm-up; {plan['gen_threads']} generator thread(s)</p>",
+        f"{plan['warmup_s']:g} s of warm-up; {threads} generator thread(s)</p>",
         "<table><tr>" + "".join(f"<th>{c}</th>" for c in _COLUMNS) + "</tr>",
     ]
     for lv in run["levels"]:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-from stoker import _native
 from stoker.bench import _stats
 from stoker.bench._sample import Sampler
-from stoker.bench._targets import Endpoint
 
 SATURATED = 0.8
 """Generator CPU, in cores per generator thread, above which its own figures are suspect: a busy
@@ -22,6 +21,13 @@ event loop reads answers late, which inflates latency and caps throughput."""
 LATE_SHARE = 0.05
 """Open loop: the share of requests sent over 1 ms after their scheduled time above which the
 offered rate no longer describes the load (their latency still counts from the schedule)."""
+
+
+_NATIVE_ADVICE = {
+    "saturated": "raise --gen-threads",
+    "late": "either every connection was waiting on the server (raise --open-connections) or the "
+    "generator lacked CPU",
+}
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,40 @@ class Plan:
             raise ValueError("rate fractions must be positive")
 
 
+class Load(Protocol):
+    """One level's load, started, polled and waited for: the native HTTP generator, or the
+    in-process engine's driver, which returns a report of the same shape."""
+
+    @property
+    def completed(self) -> int: ...
+    @property
+    def done(self) -> bool: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def wait(self) -> dict[str, Any]: ...
+
+
+class Driven(Protocol):
+    """What a sweep drives: a server over HTTP, or stoker's engine in this process."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def settings(self) -> dict[str, Any]: ...
+    def requests(self, groups: Sequence[Sequence[bytes]]) -> Sequence[Any]:
+        """What one request carries, per group of encoded images."""
+
+    def load(self, requests: Sequence[Any], plan: Plan, connections: int, rate: float) -> Load:
+        """The load of one level: ``connections`` in flight, or Poisson arrivals at ``rate``."""
+
+
 def run(
-    endpoint: Endpoint,
-    requests: list[bytes],
+    endpoint: Driven,
+    requests: Sequence[Any],
     plan: Plan,
     *,
     images: dict[str, Any],
@@ -94,8 +131,8 @@ def run(
 
 
 def _level(
-    endpoint: Endpoint,
-    requests: list[bytes],
+    endpoint: Driven,
+    requests: Sequence[Any],
     plan: Plan,
     connections: int,
     rate: float,
@@ -106,19 +143,7 @@ def _level(
     name: str | None = None,
 ) -> dict[str, Any]:
     name = name or key
-    gen = _native.LoadGenerator(
-        requests=requests,
-        host=endpoint.host,
-        port=endpoint.port,
-        connections=connections,
-        threads=plan.gen_threads,
-        rate=rate,
-        warmup_s=plan.warmup_s,
-        duration_s=plan.seconds,
-        max_requests=plan.max_requests,
-        timeout_s=plan.timeout_s,
-        seed=plan.seed,
-    )
+    gen = endpoint.load(requests, plan, connections, rate)
     start = time.monotonic()
     gen.start()
     try:
@@ -132,7 +157,9 @@ def _level(
     report: dict[str, Any] = gen.wait()
     if progress is not None:
         progress.write("\r\033[K")
-    level = {"key": key, **summarize(report, name, connections, rate, plan.gen_threads)}
+    # The engine is driven from one thread whatever --gen-threads gives the HTTP generator.
+    threads = int(report.get("threads", plan.gen_threads))
+    level = {"key": key, **summarize(report, name, connections, rate, threads)}
     level["machine"] = sampler.summary(start + plan.warmup_s, time.monotonic())
     level["warnings"] += _machine_warnings(level["machine"], sampler.machine["cpus"])
     echo.write(line(level) + "\n")
@@ -154,7 +181,8 @@ def _show(out: TextIO, label: str, name: str, t: float, done: int, plan: Plan) -
 def summarize(
     report: dict[str, Any], name: str, connections: int, rate: float, gen_threads: int
 ) -> dict[str, Any]:
-    """One level's figures from the generator's report."""
+    """One level's figures from the generator's report; a report of the engine's driver brings
+    its own ``advice`` for the warnings."""
     elapsed = max(report["elapsed_s"], 1e-9)
     latency = _stats.snapshot(report["latency"])
     timing = {k: _stats.snapshot(v) for k, v in report["server_timing"].items()}
@@ -167,16 +195,16 @@ def summarize(
         errors["transport"] = int(report["transport_errors"])
     gen_cores = report["cpu_s"] / elapsed
     warnings = []
+    advice = {**_NATIVE_ADVICE, **report.get("advice", {})}
     if gen_cores >= SATURATED * gen_threads:
         warnings.append(
             f"the load generator is saturated ({gen_cores:.2f} cores on {gen_threads} thread(s)):"
-            " its latencies read high and its throughput low; raise --gen-threads"
+            f" its latencies read high and its throughput low; {advice['saturated']}"
         )
     if rate and (report["unsent"] or report["late"] > LATE_SHARE * report["sent"]):
         warnings.append(
             f"the offered rate was not kept ({report['late']} of {report['sent']} requests sent "
-            f"over 1 ms late, {report['unsent']} never sent): either every connection was "
-            "waiting on the server (raise --open-connections) or the generator lacked CPU"
+            f"over 1 ms late, {report['unsent']} never sent): {advice['late']}"
         )
     return {
         "name": name,

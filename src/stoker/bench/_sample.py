@@ -3,6 +3,7 @@ utilization and memory through NVML when nvidia-ml-py and a driver are there."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -38,6 +39,7 @@ class _Gpus:
         self.nvml: Any = None
         self.handles: list[Any] = []
         self.total_mib = 0.0
+        self.names: list[str] = []
         try:
             import pynvml
 
@@ -45,22 +47,33 @@ class _Gpus:
         except Exception:  # NVML raises its own error types for a missing driver or library
             return
         self.nvml = pynvml
-        self.handles = [
-            pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
-        ]
-        self.names = [str(pynvml.nvmlDeviceGetName(h)) for h in self.handles]
-        self.total_mib = sum(pynvml.nvmlDeviceGetMemoryInfo(h).total for h in self.handles) / 2**20
+        try:
+            handles = [
+                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
+            ]
+            names = [pynvml.nvmlDeviceGetName(h) for h in handles]
+            total = sum(pynvml.nvmlDeviceGetMemoryInfo(h).total for h in handles)
+        except Exception:  # a driver that initializes but cannot describe its GPUs: measure none
+            return
+        self.handles = handles
+        # Older nvidia-ml-py releases hand names over as bytes.
+        self.names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        self.total_mib = total / 2**20
 
     def read(self) -> tuple[float | None, float | None]:
         if not self.handles:
             return None, None
-        util = [self.nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self.handles]
-        mem = [self.nvml.nvmlDeviceGetMemoryInfo(h).used for h in self.handles]
+        try:
+            util = [self.nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self.handles]
+            mem = [self.nvml.nvmlDeviceGetMemoryInfo(h).used for h in self.handles]
+        except Exception:  # a GPU lost mid-run leaves a gap in the samples, not a dead sampler
+            return None, None
         return sum(util) / len(util), sum(mem) / 2**20
 
     def close(self) -> None:
         if self.nvml is not None:
-            self.nvml.nvmlShutdown()
+            with contextlib.suppress(Exception):  # the run's figures are in; nothing to lose
+                self.nvml.nvmlShutdown()
 
 
 class Sampler:

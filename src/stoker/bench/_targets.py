@@ -1,5 +1,5 @@
-"""What `stoker bench` drives: a stoker server in this process, a server started from a command
-line, or one already running at a URL; and the KServe v2 requests it sends them."""
+"""What `stoker bench` drives over HTTP: a stoker server in this process, a server started from a
+command line, or one already running at a URL; and the KServe v2 requests it sends them."""
 
 from __future__ import annotations
 
@@ -16,8 +16,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from stoker import _native
+
+if TYPE_CHECKING:
+    from stoker._models import ModelLike
+    from stoker.bench._run import Plan
+    from stoker.server import ModelConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -33,6 +40,28 @@ class Endpoint:
     description: str
     token: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+
+    def requests(self, groups: Sequence[Sequence[bytes]]) -> list[bytes]:
+        """One complete HTTP request per group of encoded images."""
+        return [kserve_request(images, self) for images in groups]
+
+    def load(
+        self, requests: Sequence[bytes], plan: Plan, connections: int, rate: float
+    ) -> _native.LoadGenerator:
+        """The native generator for one level: closed loop, or Poisson arrivals when ``rate``."""
+        return _native.LoadGenerator(
+            requests=requests,
+            host=self.host,
+            port=self.port,
+            connections=connections,
+            threads=plan.gen_threads,
+            rate=rate,
+            warmup_s=plan.warmup_s,
+            duration_s=plan.seconds,
+            max_requests=plan.max_requests,
+            timeout_s=plan.timeout_s,
+            seed=plan.seed,
+        )
 
 
 def kserve_request(images: Sequence[bytes], endpoint: Endpoint) -> bytes:
@@ -144,7 +173,8 @@ def command_target(
 
 @dataclass(frozen=True)
 class StokerSettings:
-    """The stoker server `stoker bench` starts in its own process (``stoker serve``'s options)."""
+    """The stoker that `stoker bench` runs in its own process, served over HTTP or as its bare
+    engine (``stoker serve``'s options; the engine ignores ``io_threads``)."""
 
     model: str = "tiny"
     name: str = "tiny"
@@ -157,12 +187,11 @@ class StokerSettings:
     io_threads: int = 1
 
 
-@contextlib.contextmanager
-def stoker_target(settings: StokerSettings, label: str) -> Iterator[Endpoint]:
-    """stoker's native front on a free loopback port, its event loop on a thread of this process.
-    ``tiny`` and ``small`` are the embedded CNNs of `stoker._nets`, with random weights."""
+def served_model(settings: StokerSettings) -> tuple[ModelConfig, ModelLike | None]:
+    """The model as `stoker serve` would configure it, and the module of an embedded CNN (``tiny``
+    and ``small`` are those of `stoker._nets`, with random weights) to use instead of a file."""
     from stoker._nets import SmallCNN, TinyCNN
-    from stoker.server import ModelConfig, NativeServer, ServerConfig
+    from stoker.server import ModelConfig
 
     config = ModelConfig(
         name=settings.name,
@@ -175,7 +204,20 @@ def stoker_target(settings: StokerSettings, label: str) -> Iterator[Endpoint]:
         capacity=settings.capacity,
     )
     embedded = {"tiny": TinyCNN, "small": SmallCNN}.get(settings.model)
-    models = {settings.name: embedded()} if embedded is not None else None
+    return config, embedded() if embedded is not None else None
+
+
+def random_weights(settings: StokerSettings) -> bool:
+    return settings.weights is None and not Path(settings.model).is_file()
+
+
+@contextlib.contextmanager
+def stoker_target(settings: StokerSettings, label: str) -> Iterator[Endpoint]:
+    """stoker's native front on a free loopback port, its event loop on a thread of this process."""
+    from stoker.server import NativeServer, ServerConfig
+
+    config, embedded = served_model(settings)
+    models = {settings.name: embedded} if embedded is not None else None
     server = NativeServer(
         ServerConfig(models=(config,)), models, port=0, io_threads=settings.io_threads
     )
@@ -191,11 +233,10 @@ def stoker_target(settings: StokerSettings, label: str) -> Iterator[Endpoint]:
 
     thread = threading.Thread(target=serve, name="stoker-bench-server", daemon=True)
     thread.start()
-    random = settings.weights is None and not Path(settings.model).is_file()
     description = (
         f"stoker native front, model {settings.model} on {settings.device}, "
         f"max batch {settings.max_batch_size}, {settings.io_threads} I/O thread(s)"
-        + (", random weights" if random else "")
+        + (", random weights" if random_weights(settings) else "")
     )
     try:
         wait_ready("127.0.0.1", server.port, 60.0, alive=thread.is_alive)
