@@ -70,3 +70,25 @@ def test_missing_file_and_wrong_types_are_refused(tmp_path: Path) -> None:
 def test_architecture_names_need_torchvision() -> None:
     with pytest.raises(ValueError, match="torchvision"):
         stoker.Engine("resnet50", SPEC)
+
+
+def test_embedded_models_by_name_with_and_without_weights(tmp_path: Path) -> None:
+    from stoker._nets import TinyCNN
+
+    torch.manual_seed(3)
+    trained = TinyCNN()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "tiny.pt"
+    torch.save(trained.state_dict(), path)
+    spec = stoker.ImageSpec(size=256, crop=224)
+    with stoker.Engine("tiny", spec, max_batch_size=2) as engine:
+        random_weights = engine.infer_sync(IMAGE)
+    with stoker.Engine("tiny", spec, weights=str(path), max_batch_size=2) as engine:
+        loaded = engine.infer_sync(IMAGE)
+    with torch.inference_mode():
+        want = trained.eval()(stoker.preprocess_batch([IMAGE], spec))[0]
+    assert random_weights.shape == loaded.shape == (1000,)
+    torch.testing.assert_close(loaded, want)
+    assert not torch.allclose(random_weights, want)

@@ -31,7 +31,10 @@ def demo(
 @app.command()
 def serve(
     model: Annotated[
-        str | None, typer.Option(help="torchvision architecture name or model file")
+        str | None,
+        typer.Option(
+            help="model file, embedded model (tiny, small) or torchvision architecture name"
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="model name in URLs (default: --model)")] = None,
     config: Annotated[

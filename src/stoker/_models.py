@@ -11,6 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from stoker._nets import EMBEDDED
+
 __all__ = ["ModelLike", "TopK", "load_model", "top_k"]
 
 ModelLike = torch.nn.Module | torch.export.ExportedProgram | str | os.PathLike[str]
@@ -28,17 +30,22 @@ def _from_file(path: Path, device: torch.device) -> torch.nn.Module:
     return module
 
 
-def _torchvision(name: str, weights: str | os.PathLike[str] | None) -> torch.nn.Module:
-    try:
-        import torchvision
-    except ImportError as e:
-        raise ValueError(
-            f"{name!r} is not a file, and naming a torchvision architecture needs torchvision"
-        ) from e
-    try:
-        module: torch.nn.Module = torchvision.models.get_model(name, weights=None)
-    except ValueError as e:
-        raise ValueError(f"{name!r} is not a file nor a torchvision architecture") from e
+def _named(name: str, weights: str | os.PathLike[str] | None) -> torch.nn.Module:
+    module: torch.nn.Module
+    if name in EMBEDDED:
+        module = EMBEDDED[name]()
+    else:
+        try:
+            import torchvision
+        except ImportError as e:
+            raise ValueError(
+                f"{name!r} is not a file nor an embedded model ({', '.join(EMBEDDED)}), and "
+                "naming a torchvision architecture needs torchvision"
+            ) from e
+        try:
+            module = torchvision.models.get_model(name, weights=None)
+        except ValueError as e:
+            raise ValueError(f"{name!r} is not a file nor a torchvision architecture") from e
     if weights is not None:
         state = torch.load(os.fspath(weights), map_location="cpu", weights_only=True)
         module.load_state_dict(state)
@@ -68,7 +75,7 @@ def load_model(
                 raise ValueError("weights= applies only to a torchvision architecture name")
             module = _from_file(path, device)
         elif isinstance(model, str) and os.sep not in model:
-            module = _torchvision(model, weights)
+            module = _named(model, weights)
         else:
             raise FileNotFoundError(f"model file {path} does not exist")
     else:

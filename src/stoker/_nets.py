@@ -45,12 +45,14 @@ class TinyCNN(torch.nn.Module):
         return out
 
 
+# Models stoker carries itself, by the names `stoker serve --model` and `stoker bench` take.
+EMBEDDED: dict[str, type[torch.nn.Module]] = {"tiny": TinyCNN, "small": SmallCNN}
+
+
 def build_model(name: str) -> torch.nn.Module:
     """``small``, ``tiny``, or a torchvision architecture with random weights."""
-    if name == "small":
-        return SmallCNN()
-    if name == "tiny":
-        return TinyCNN()
+    if name in EMBEDDED:
+        return EMBEDDED[name]()
     import torchvision
 
     model: torch.nn.Module = torchvision.models.get_model(name)
