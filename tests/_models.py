@@ -47,3 +47,17 @@ class FailOnDark(TinyNet):
         if bool((x.flatten(1).mean(1) < -1.5).any()):
             raise RuntimeError("dark image in batch")
         return super().forward(x)
+
+
+class OutOfMemoryAbove(TinyNet):
+    """Raises the device's out-of-memory error for batches larger than ``limit`` rows, as a
+    model that outgrows GPU memory does."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(x)

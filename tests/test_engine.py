@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from _imagegen import encode_jpeg, jpeg_rgb
-from _models import FailOnDark, GatedNet, TinyNet
+from _models import FailOnDark, GatedNet, OutOfMemoryAbove, TinyNet
 
 import stoker
 from stoker import _native
@@ -98,6 +98,19 @@ def test_a_failing_model_fails_its_batch_and_the_engine_goes_on() -> None:
         with pytest.raises(RuntimeError, match="dark image"):
             engine.infer_sync(dark)
         assert engine.infer_sync(images(1)[0]).shape == (10,)
+
+
+def test_out_of_device_memory_fails_the_batch_with_a_retryable_error() -> None:
+    images = [jpeg_rgb(40 + i, 44, 10 + i) for i in range(4)]
+    model = OutOfMemoryAbove(limit=1)
+    with stoker.Engine(model, SPEC, max_batch_size=4, max_delay_ms=200) as engine:
+        futures = [engine.submit(image) for image in images]
+        errors = [f.exception(timeout=30) for f in futures]
+        assert all(isinstance(e, stoker.DeviceMemoryError) for e in errors), errors
+        assert "out of device memory" in str(errors[0])
+        # The engine goes on: a batch that fits runs.
+        result = engine.infer_sync(images[0])
+    assert result.shape == (10,)
 
 
 def test_a_full_queue_rejects_at_once() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 from _imagegen import jpeg_rgb
-from _models import FailOnDark, GatedNet, TinyNet
+from _models import FailOnDark, GatedNet, OutOfMemoryAbove, TinyNet
 
 import stoker
 from stoker.server import ModelConfig, NativeServer, ServerConfig
@@ -204,6 +204,18 @@ def test_a_failing_model_fails_its_batch_only() -> None:
         assert status == 500 and "internal error" in json.loads(payload)["error"]
         body, headers = binary_request(IMAGES[:1])
         assert r.request("POST", "/v2/models/tiny/infer", body, headers)[0] == 200
+    finally:
+        r.close()
+
+
+def test_out_of_device_memory_is_a_retryable_503() -> None:
+    r = serve(OutOfMemoryAbove(limit=0))
+    try:
+        body, headers = binary_request(IMAGES[:1])
+        status, reply_headers, payload = r.request("POST", "/v2/models/tiny/infer", body, headers)
+        assert status == 503 and reply_headers["retry-after"] == "1"
+        assert "out of device memory" in json.loads(payload)["error"]
+        assert r.request("GET", "/v2/health/live")[0] == 200  # the server stays up
     finally:
         r.close()
 

@@ -13,9 +13,19 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from stoker._errors import DeviceMemoryError
 from stoker._runner import Flight
 
-__all__ = ["AnswerSink", "Pending", "Waiter", "batch_timings", "deliver", "settle", "split_rows"]
+__all__ = [
+    "AnswerSink",
+    "Pending",
+    "Waiter",
+    "batch_timings",
+    "deliver",
+    "device_error",
+    "settle",
+    "split_rows",
+]
 
 Waiter = asyncio.Future[Any] | Future[Any]
 Outcome = tuple["Pending", BaseException | None, Any]
@@ -111,3 +121,13 @@ def batch_timings(
     waited = (batch.prep_start_ns - batch.formed_ns + picked - batch.prep_end_ns) / 1000
     prep = (batch.prep_end_ns - batch.prep_start_ns) / 1000 + flight.decode_us
     return queue_us, total_us, (waited, prep, flight.h2d_us, flight.compute_us, post_us)
+
+
+def device_error(error: Exception) -> Exception:
+    """Out of device memory is the batch's failure, not the engine's: the allocator's cache is
+    released so that later (or smaller) batches fit, and callers get a retryable error."""
+    if not isinstance(error, torch.cuda.OutOfMemoryError):
+        return error
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return DeviceMemoryError(f"out of device memory on a batch: {error}".splitlines()[0])

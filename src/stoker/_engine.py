@@ -29,6 +29,7 @@ from stoker._answers import (
     Waiter,
     batch_timings,
     deliver,
+    device_error,
     settle,
     split_rows,
 )
@@ -301,7 +302,7 @@ class Engine:
                 flight = self._runner.launch(batch.slot, batch.size, list(batch.deferred), decoded)
             except Exception as e:  # the model failed: this batch fails, the engine goes on
                 self._feeder.release(batch.slot)
-                self._fail(batch.ids, e)
+                self._fail(batch.ids, device_error(e))
                 continue
             self._feeder.release(batch.slot)
             self._flights.put((batch, flight, picked))
@@ -335,7 +336,7 @@ class Engine:
                         f"postprocess returned {len(results)} results for {flight.n} requests"
                     )
             except Exception as e:
-                self._fail(batch.ids, e)
+                self._fail(batch.ids, device_error(e))
                 continue
             post_us = (time.perf_counter_ns() - start) / 1000
             self._answer(batch, flight, results, picked, post_us)

@@ -8,6 +8,7 @@ __all__ = [
     "BatchError",
     "CorruptImageError",
     "DeadlineExceededError",
+    "DeviceMemoryError",
     "EmptyImageError",
     "EngineClosedError",
     "EngineError",
@@ -92,3 +93,8 @@ class DeadlineExceededError(EngineError, TimeoutError):
 
 class EngineClosedError(EngineError):
     """The engine is closed or closing and takes no more requests."""
+
+
+class DeviceMemoryError(EngineError):
+    """The device ran out of memory on this request's batch; the batch failed, the engine freed
+    its cached memory and goes on, so a retry may succeed (HTTP 503)."""

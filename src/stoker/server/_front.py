@@ -9,7 +9,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from stoker._errors import DeadlineExceededError, EngineClosedError, ImageError, QueueFullError
+from stoker._errors import (
+    DeadlineExceededError,
+    DeviceMemoryError,
+    EngineClosedError,
+    ImageError,
+    QueueFullError,
+)
 from stoker._models import ModelLike
 from stoker._stats import STAGES, Timings
 from stoker.server._config import ServerConfig
@@ -37,7 +43,7 @@ class HTTPError(Exception):
 def status_of(error: Exception) -> HTTPError:
     if isinstance(error, HTTPError):
         return error
-    if isinstance(error, (QueueFullError, EngineClosedError)):
+    if isinstance(error, (QueueFullError, EngineClosedError, DeviceMemoryError)):
         return HTTPError(503, str(error), {"Retry-After": "1"})
     if isinstance(error, DeadlineExceededError):
         return HTTPError(504, str(error))
