@@ -26,6 +26,7 @@ Feeder::Feeder(FeederConfig config, std::shared_ptr<const Preprocessor> pre,
     for (const HostBlock& b : blocks_) arena_.release(b);
     throw;
   }
+  handed_out_.assign(blocks_.size(), false);
   dispatcher_ = std::thread([this] {
     name_this_thread("stoker-feeder");
     dispatch_loop();
@@ -76,9 +77,10 @@ void Feeder::release(int slot) {
   if (size_t(slot) >= blocks_.size()) throw std::out_of_range("no such staging slot");
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (std::find(free_slots_.begin(), free_slots_.end(), slot) != free_slots_.end()) {
-      throw std::logic_error("staging slot released twice");
+    if (!handed_out_[size_t(slot)]) {
+      throw std::logic_error("staging slot released twice, or never handed out");
     }
+    handed_out_[size_t(slot)] = false;
     free_slots_.push_back(slot);
   }
   free_cv_.notify_one();
@@ -90,15 +92,18 @@ bool Feeder::next(PreparedBatch& out) {
   if (ready_.empty()) return false;
   out = std::move(ready_.front());
   ready_.pop_front();
+  // Only a slot held by the consumer may be released: one back in the ring (and perhaps taken
+  // again by the dispatcher) must not be freed a second time.
+  if (out.slot >= 0) handed_out_[size_t(out.slot)] = true;
   return true;
 }
 
 void Feeder::push_ready(PreparedBatch&& batch) {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    ready_.push_back(std::move(batch));
-    --in_flight_;
-  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  ready_.push_back(std::move(batch));
+  --in_flight_;
+  // Under the lock: once in_flight_ reaches zero the destructor may run, and the condition
+  // variable must not be touched after it can see that.
   ready_cv_.notify_all();
 }
 

@@ -93,6 +93,7 @@ class Feeder {
   std::condition_variable free_cv_;
   std::condition_variable ready_cv_;
   std::vector<int> free_slots_;
+  std::vector<bool> handed_out_;  // slots the consumer holds (given by next(), not yet released)
   std::deque<PreparedBatch> ready_;
   std::vector<Request> expired_;
   size_t in_flight_ = 0;  // batches being preprocessed

@@ -123,6 +123,7 @@ TEST(Feeder, AFullRingHoldsRequestsBackIntoFullerBatches) {
   HostArena arena;
   const test::Bytes jpeg = test::encode_jpeg(test::make_rgb(64, 48, 1), {});
   Feeder feeder(feeder_config(8, 1), uint8_preprocessor(), pool, arena);
+  EXPECT_THROW(feeder.release(0), std::logic_error);  // in the ring, never handed out
   ASSERT_EQ(
       feeder.submit(0, Priority::kNormal, SteadyClock::time_point::max(), jpeg.data(), jpeg.size()),
       Admission::kAccepted);
