@@ -6,9 +6,13 @@ PY := .venv/bin/python
 STAMPS := .stamps
 NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find csrc/core csrc/bindings -name '*.[ch]pp')
 ASAN_BUILD := build/asan
+TSAN_BUILD := build/tsan
+# The suites whose code runs on several threads: pool, arena, batcher, feeder, gateway, HTTP
+# server and load generator.
+TSAN_SUITES := ThreadPool.*:Batch.*:HostArena.*:Histogram.*:Batcher.*:Feeder.*:Gateway.*:HttpServer.*:LoadGenerator.*
 CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: setup build demo test native-test py-test lint format stubs bench bench-native clean
+.PHONY: setup build demo test native-test tsan-test py-test lint format stubs bench bench-native clean
 
 setup: $(STAMPS)/built
 
@@ -30,7 +34,7 @@ build: setup
 demo: setup
 	$(PY) -m stoker demo
 
-test: setup native-test py-test
+test: setup native-test tsan-test py-test
 
 py-test: setup
 	STOKER_CORPUS=$(CORPUS) $(PY) -m pytest -q
@@ -43,6 +47,15 @@ native-test: $(STAMPS)/system
 	cmake --build $(ASAN_BUILD) -j 2
 	STOKER_CORPUS=$(CORPUS) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(ASAN_BUILD)/stoker_core_tests --gtest_brief=1
+
+# The same program under ThreadSanitizer, on the suites that exercise threads.
+tsan-test: $(STAMPS)/system
+	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTOKER_BUILD_PYTHON=OFF \
+	  -DSTOKER_BUILD_TESTS=ON -DSTOKER_TSAN=ON -DSTOKER_WERROR=ON \
+	  -DCMAKE_MAKE_PROGRAM=$(abspath .venv/bin/ninja) > /dev/null
+	cmake --build $(TSAN_BUILD) -j 2
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+	  $(TSAN_BUILD)/stoker_core_tests --gtest_brief=1 --gtest_filter='$(TSAN_SUITES)'
 
 lint: setup
 	.venv/bin/ruff check .
@@ -71,6 +84,19 @@ bench-native: $(STAMPS)/system
 	  -DSTOKER_BUILD_BENCHMARKS=ON -DCMAKE_MAKE_PROGRAM=$(abspath .venv/bin/ninja) > /dev/null
 	cmake --build build/bench -j 2
 	build/bench/bench_batcher
+
+# Coverage-guided fuzzing of the native parsers and decoders (docs/fuzzing.md): a long run on
+# demand that saves minimized crashes under csrc/fuzz/regressions/, and a short one for CI that
+# replays them first.
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 20
+.PHONY: fuzz fuzz-smoke
+
+fuzz: $(STAMPS)/system
+	bash csrc/fuzz/run.sh long $(FUZZ_SECONDS)
+
+fuzz-smoke: $(STAMPS)/system
+	bash csrc/fuzz/run.sh smoke $(FUZZ_SMOKE_SECONDS)
 
 clean:
 	rm -rf build $(STAMPS) .venv

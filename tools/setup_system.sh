@@ -2,7 +2,9 @@
 # Installs the system packages stoker builds and tests with, when any is missing (Debian/Ubuntu).
 set -euo pipefail
 
-packages=(g++ make pkg-config libjpeg-dev libpng-dev libwebp-dev libjpeg-turbo-progs libgtest-dev)
+# clang-14 and libclang-rt-14-dev (its libFuzzer and sanitizer runtimes) build the fuzz targets.
+packages=(g++ make pkg-config libjpeg-dev libpng-dev libwebp-dev libjpeg-turbo-progs libgtest-dev
+  clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -129,8 +129,10 @@ bool decode_rows(JpegSession& s, int scale_num, const Rect& region, FastEntropy*
     y1 = out_h;
   }
   // Fancy upsampling at the edge of a cropped scanline differs from the full decode's, so the
-  // crop reaches one iMCU column past the region on both sides.
-  const int margin = c.max_h_samp_factor * scale_num;
+  // crop reaches one iMCU column past the region on both sides. libjpeg smooths the blocks of an
+  // incomplete progressive file from their neighbours two blocks away, which a crop cuts off like
+  // the image's edge: there the crop reaches two columns further.
+  const int margin = c.max_h_samp_factor * scale_num * (c.progressive_mode ? 3 : 1);
   x0 = x0 > margin ? x0 - margin : 0;
   x1 = x1 + margin < out_w ? x1 + margin : out_w;
   st.x = JDIMENSION(x0);
