@@ -43,7 +43,8 @@ enum class KsParse { kOk, kFallback };
 // the header holding exactly N length-prefixed elements (4-byte little-endian length, then the
 // bytes) totalling n bytes, and nothing after them. Outputs may carry "binary_data": true/false
 // and no other parameter; the request's parameters may hold only "binary_data_output". Unknown or
-// repeated keys, a null or empty "id", and headers over 64 KiB are left to the Python codec too.
+// repeated keys, an empty "id", and headers over 64 KiB are left to the Python codec too (a null
+// "id" counts as absent).
 // Anything else, malformed input included, returns kFallback and leaves `out` unspecified.
 // Never throws on any bytes; `out`'s spans point into `body`.
 KsParse parse_image_infer(std::string_view body, size_t header_length, KsImageRequest& out);
