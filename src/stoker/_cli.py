@@ -12,6 +12,15 @@ app = typer.Typer(help="stoker: serve PyTorch models so the GPU never waits.", a
 
 @app.command()
 def demo(
+    image: Annotated[
+        bool, typer.Option(help="instead: serve an image classifier (--model, --weights)")
+    ] = False,
+    model: Annotated[
+        str, typer.Option(help="--image: tiny (embedded) or a torchvision architecture name")
+    ] = "tiny",
+    weights: Annotated[
+        str | None, typer.Option(help="--image: state-dict file (default: random weights)")
+    ] = None,
     preprocess: Annotated[
         bool, typer.Option(help="instead: stoker's preprocessing against Pillow's")
     ] = False,
@@ -20,12 +29,15 @@ def demo(
     ] = 2.0,
     out: Annotated[Path, typer.Option(help="folder for the report")] = Path("stoker-demo"),
 ) -> None:
-    """Serve a small CNN with stoker, load-test it and write a report; print the headline."""
+    """Serve all-MiniLM-L6-v2 sentence embeddings with stoker, load-test them and write a report;
+    print throughput, latency and the stage breakdown."""
     from stoker import _demo
 
     if preprocess:
         raise typer.Exit(_demo.run(seconds=seconds))
-    raise typer.Exit(_demo.serve_and_bench(out, seconds=seconds))
+    if image:
+        raise typer.Exit(_demo.serve_and_bench(out, seconds=seconds, model=model, weights=weights))
+    raise typer.Exit(_demo.serve_text_and_bench(out, seconds=seconds))
 
 
 @app.command()
@@ -33,8 +45,15 @@ def serve(
     model: Annotated[
         str | None,
         typer.Option(
-            help="model file, embedded model (tiny, small) or torchvision architecture name"
+            help="model file, embedded model (tiny, small) or torchvision architecture name; "
+            "text-embedding: a model folder [default: the installed all-minilm-l6-v2]"
         ),
+    ] = None,
+    task: Annotated[
+        Literal["image-classification", "text-embedding"], typer.Option()
+    ] = "image-classification",
+    max_tokens: Annotated[
+        int | None, typer.Option(help="text-embedding: most tokens per input [default: model's]")
     ] = None,
     name: Annotated[str | None, typer.Option(help="model name in URLs (default: --model)")] = None,
     config: Annotated[
@@ -83,12 +102,19 @@ def serve(
         if model is not None:
             raise typer.BadParameter("give models in --config or with --model, not both")
         settings = load_config(config, **overrides)
-    elif model is None:
+    elif model is None and task == "image-classification":
         raise typer.BadParameter("give --model or --config")
     else:
+        if task == "text-embedding":
+            from stoker.text import DEFAULT_MODEL
+
+            model = model or DEFAULT_MODEL
+        assert model is not None
         served = ModelConfig(
             name=name or Path(model).stem,
             model=model,
+            task=task,
+            max_tokens=max_tokens,
             weights=weights,
             device=device,
             dtype=dtype,
@@ -100,8 +126,13 @@ def serve(
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         settings = ServerConfig(models=(served,), **given)
-    if weights is None and config is None and not Path(model or "").is_file():
+    image_models = [m for m in settings.models if m.task == "image-classification"]
+    if weights is None and config is None and image_models and not Path(model or "").is_file():
         typer.echo(f"note: {model} runs with random weights (no --weights given)", err=True)
+    if front == "native" and not image_models:
+        # The native gateway queues image requests itself and is built around image models.
+        typer.echo("note: text models alone are served by the Python front (uvicorn)", err=True)
+        front = "uvicorn"
     if front == "native":
         import logging
 

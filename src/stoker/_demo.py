@@ -1,7 +1,9 @@
-"""`python -m stoker demo`: short tours on images the demo draws itself.
+"""`python -m stoker demo`: short tours on inputs the demo makes itself.
 
-``serve_and_bench`` (the default) serves the embedded small CNN over HTTP, sweeps it with
-`stoker bench` and writes the report. ``run`` (``--preprocess``) generates a few photo-like JPEGs
+``serve_text_and_bench`` (the default) serves all-MiniLM-L6-v2 (its real weights, from the
+installed package) over HTTP, drives it with `stoker bench` on generated sentences and prints
+throughput, latency and where a request's time went. ``serve_and_bench`` (``--image``) does the
+same for an image classifier. ``run`` (``--preprocess``) generates a few photo-like JPEGs
 (and a PNG and a WebP), preprocesses them with stoker and with the plain Pillow pipeline, shows
 that the two agree, then times both, single-threaded and on every thread, in about 20 seconds.
 """
@@ -206,22 +208,67 @@ def run(seconds: float = 2.5) -> int:
     return 0
 
 
-def serve_and_bench(out: Path, seconds: float = 2.0) -> int:
-    """Serves the embedded TinyCNN on stoker's native front, drives it closed-loop at 1, 4 and 16
-    connections and open-loop at 70% of the peak, and writes the report into ``out``."""
+def serve_text_and_bench(out: Path, seconds: float = 2.0) -> int:
+    """Serves all-MiniLM-L6-v2 on the CPU, drives it closed-loop at 1 and 16 connections and
+    open-loop at 70% of the peak, prints the figures and writes the report into ``out``."""
+    try:
+        from stoker import bench
+        from stoker.text import TEXT_STAGES, default_model_dir
+    except ImportError as e:
+        print(
+            f"the demo needs the server, bench and text extras: pip install "
+            f"stoker[server,bench,text] ({e})"
+        )
+        return 1
+    t0 = time.perf_counter()
+    print(
+        "stoker demo: sentence embeddings with all-MiniLM-L6-v2 (real weights, read from "
+        f"{default_model_dir()}) behind stoker's HTTP front, on the CPU; requests are "
+        "OpenAI-style POST /v1/embeddings, one generated sentence each"
+    )
+    plan = bench.Plan(concurrency=(1, 16), rate_fractions=(0.7,), seconds=seconds, warmup_s=0.5)
+    sentences = bench.load_sentences(64)
+    runs, _ = bench.bench(
+        [lambda: bench.text_target(bench.TextSettings(), "stoker")],
+        plan,
+        sentences,
+        out,
+        images_source=f"{len(sentences)} generated sentences of 5-60 words",
+    )
+    best = max(runs[0]["levels"], key=lambda level: level["throughput"])
+    took = best["stages_ms"]
+    stages = ", ".join(f"{k} {took[k]:.2f}" for k in TEXT_STAGES if k in took)
+    print(f"where a request's time went at {best['name']} (server means, ms): {stages}")
+    print(
+        f"(open report.html in a browser; done in {time.perf_counter() - t0:.0f} s, "
+        f"{os.cpu_count()} CPUs on this machine; `stoker demo --image` serves an image "
+        "classifier, `stoker demo --preprocess` shows image preprocessing alone)"
+    )
+    return 0
+
+
+def serve_and_bench(
+    out: Path, seconds: float = 2.0, model: str = "tiny", weights: str | None = None
+) -> int:
+    """Serves an image classifier (the embedded TinyCNN, or a torchvision architecture) on
+    stoker's native front, drives it closed-loop at 1, 4 and 16 connections and open-loop at 70%
+    of the peak, and writes the report into ``out``."""
     try:
         from stoker import bench
     except ImportError as e:
         print(f"the demo needs the server and bench extras: pip install stoker[server,bench] ({e})")
         return 1
     t0 = time.perf_counter()
-    print(
-        "stoker demo: the embedded TinyCNN (random weights: its answers mean nothing, the point is "
-        "the path around the model) behind stoker's native HTTP front, on the CPU"
+    what = "the embedded TinyCNN" if model == "tiny" else f"torchvision's {model}"
+    trained = (
+        f"weights from {weights}"
+        if weights
+        else "RANDOM weights: its answers mean nothing, the point is the path around the model"
     )
+    print(f"stoker demo: {what} ({trained}) behind stoker's native HTTP front, on the CPU")
     plan = bench.Plan(concurrency=(1, 4, 16), rate_fractions=(0.7,), seconds=seconds, warmup_s=0.5)
     images = bench.load_images(None, generated=8)
-    settings = bench.StokerSettings()
+    settings = bench.StokerSettings(model=model, name=Path(model).stem, weights=weights)
     bench.bench(
         [lambda: bench.stoker_target(settings, "stoker")],
         plan,

@@ -30,10 +30,12 @@ from stoker.bench._targets import (
     Endpoint,
     StokerSettings,
     command_target,
+    embeddings_request,
     load_images,
     stoker_target,
     url_target,
 )
+from stoker.bench._text import TextSettings, load_sentences, text_target
 
 __all__ = [
     "Driven",
@@ -42,14 +44,18 @@ __all__ = [
     "Plan",
     "StokerSettings",
     "Target",
+    "TextSettings",
     "bench",
     "command_target",
     "compare",
+    "embeddings_request",
     "engine_target",
     "load_images",
     "load_runs",
+    "load_sentences",
     "report",
     "stoker_target",
+    "text_target",
     "url_target",
 ]
 

@@ -1,5 +1,6 @@
 """What `stoker bench` drives over HTTP: a stoker server in this process, a server started from a
-command line, or one already running at a URL; and the KServe v2 requests it sends them."""
+command line, or one already running at a URL; and the requests it sends them (KServe v2 with
+encoded images, or OpenAI-style embeddings of UTF-8 texts)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from stoker import _native
@@ -40,10 +41,13 @@ class Endpoint:
     description: str
     token: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    protocol: Literal["kserve", "embeddings"] = "kserve"
 
     def requests(self, groups: Sequence[Sequence[bytes]]) -> list[bytes]:
-        """One complete HTTP request per group of encoded images."""
-        return [kserve_request(images, self) for images in groups]
+        """One complete HTTP request per group of encoded images (of UTF-8 texts when the
+        protocol is ``embeddings``)."""
+        build = embeddings_request if self.protocol == "embeddings" else kserve_request
+        return [build(items, self) for items in groups]
 
     def load(
         self, requests: Sequence[bytes], plan: Plan, connections: int, rate: float
@@ -89,6 +93,19 @@ def kserve_request(images: Sequence[bytes], endpoint: Endpoint) -> bytes:
         f"Content-Length: {len(header) + len(data)}\r\n\r\n"
     )
     return head.encode() + header + data
+
+
+def embeddings_request(texts: Sequence[bytes], endpoint: Endpoint) -> bytes:
+    """One complete HTTP/1.1 ``POST /v1/embeddings`` request embedding ``texts`` (UTF-8)."""
+    body = json.dumps(
+        {"model": endpoint.model, "input": [t.decode() for t in texts]}, separators=(",", ":")
+    ).encode()
+    auth = f"Authorization: Bearer {endpoint.token}\r\n" if endpoint.token else ""
+    head = (
+        f"POST /v1/embeddings HTTP/1.1\r\nHost: {endpoint.host}\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 def load_images(folder: Path | None, generated: int, limit: int = 512) -> list[bytes]:

@@ -1,6 +1,7 @@
-"""The HTTP front: KServe v2 / Open Inference Protocol endpoints, a plain image endpoint, metrics.
+"""The HTTP front: KServe v2 / Open Inference Protocol endpoints, a plain image endpoint,
+OpenAI-style text embeddings, metrics.
 
-FastAPI serves every route and the OpenAPI docs. The two inference endpoints also have a raw
+FastAPI serves every route and the OpenAPI docs. The inference endpoints also have a raw
 ASGI path in front of FastAPI's routing and dependency resolution, which cost more than the
 rest of a request's Python work: it takes the body straight to the model's engine.
 """
@@ -34,8 +35,9 @@ def _response(reply: Reply) -> Response:
 
 
 class HotPath:
-    """Raw ASGI handling of ``POST /v2/models/{name}/infer`` and of a single image posted to
-    ``/v1/models/{name}/classify``; everything else goes on to FastAPI."""
+    """Raw ASGI handling of ``POST /v2/models/{name}/infer``, of a single image posted to
+    ``/v1/models/{name}/classify`` and of ``POST /v1/embeddings``; everything else goes on to
+    FastAPI."""
 
     def __init__(self, app: ASGIApp, front: Front) -> None:
         self.app = app
@@ -44,6 +46,9 @@ class HotPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
+            if path == "/v1/embeddings":
+                await self._serve(scope, receive, send, "", "embeddings")
+                return
             if path.startswith("/v2/models/") and path.endswith("/infer"):
                 name = path[len("/v2/models/") : -len("/infer")]
                 if name and "/" not in name:
@@ -78,6 +83,8 @@ class HotPath:
             return
         if endpoint == "infer":
             reply = await front.infer(name, "1", headers, body)
+        elif endpoint == "embeddings":
+            reply = await front.embeddings(headers, body)
         else:
             reply = await front.classify(name, headers, [body])
         await _send(send, reply)
@@ -209,6 +216,17 @@ def create_app(config: ServerConfig, models: Mapping[str, ModelLike] | None = No
         except HTTPError as e:
             return _response(front.fail(e, name, "classify"))
         return _response(await front.classify(name, headers, images))
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        """OpenAI-compatible embeddings: a JSON object with ``input`` (a string or a list of
+        strings), ``model`` (a served text model) and ``encoding_format`` (float or base64)."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            body = await body_of(request)
+        except HTTPError as e:
+            return _response(front.fail(e, "", "embeddings"))
+        return _response(await front.embeddings(headers, body))
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:

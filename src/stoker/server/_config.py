@@ -14,12 +14,14 @@ from stoker._spec import IMAGENET_MEAN, IMAGENET_STD, ImageSpec
 
 __all__ = ["ModelConfig", "ServerConfig", "load_config"]
 
-Task = Literal["image-classification"]
+Task = Literal["image-classification", "text-embedding"]
+TASKS = ("image-classification", "text-embedding")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One served model; ``model`` is a torchvision architecture name or a model file."""
+    """One served model; ``model`` is a torchvision architecture name or a model file, or for
+    ``text-embedding`` a model folder (``all-minilm-l6-v2``: the installed one)."""
 
     name: str
     model: str
@@ -37,12 +39,16 @@ class ModelConfig:
     top_k: int = 5
     gpu_decode: float | Literal["auto"] | None = None
     staging_slots: int = 3
+    max_tokens: int | None = None
+    """text-embedding: inputs of more tokens are refused (400); None: the model's length."""
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"a model name must be non-empty and free of '/', got {self.name!r}")
-        if self.task != "image-classification":
-            raise ValueError(f"unknown task {self.task!r}; stoker serves 'image-classification'")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; stoker serves {', '.join(TASKS)}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
         object.__setattr__(self, "mean", tuple(self.mean))
@@ -63,6 +69,7 @@ class ServerConfig:
     token: str | None = field(default=None, repr=False)
     max_body_bytes: int = 32 << 20
     max_images_per_request: int = 64
+    max_texts_per_request: int = 256
     timeout_ms: float | None = None
 
     def __post_init__(self) -> None:
@@ -73,8 +80,10 @@ class ServerConfig:
             raise ValueError(f"model names must be unique, got {names}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
-        if self.max_body_bytes < 1 or self.max_images_per_request < 1:
-            raise ValueError("max_body_bytes and max_images_per_request must be positive")
+        if min(self.max_body_bytes, self.max_images_per_request, self.max_texts_per_request) < 1:
+            raise ValueError(
+                "max_body_bytes, max_images_per_request and max_texts_per_request must be positive"
+            )
         if self.timeout_ms is not None and not self.timeout_ms > 0:
             raise ValueError(f"timeout_ms must be positive, got {self.timeout_ms}")
         if self.token is None and os.environ.get("STOKER_TOKEN"):
