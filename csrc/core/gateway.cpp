@@ -69,7 +69,6 @@ struct Gateway::Pending {
 
 Gateway::Gateway(GatewayConfig config, std::vector<GatewayModel> models)
     : config_(std::move(config)), models_(std::move(models)) {
-  if (models_.empty()) throw std::invalid_argument("the gateway needs at least one model");
   for (const GatewayModel& m : models_) {
     if (!m.feeder) throw std::invalid_argument("model " + m.name + " has no feeder");
   }

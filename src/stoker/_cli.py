@@ -129,10 +129,6 @@ def serve(
     image_models = [m for m in settings.models if m.task == "image-classification"]
     if weights is None and config is None and image_models and not Path(model or "").is_file():
         typer.echo(f"note: {model} runs with random weights (no --weights given)", err=True)
-    if front == "native" and not image_models:
-        # The native gateway queues image requests itself and is built around image models.
-        typer.echo("note: text models alone are served by the Python front (uvicorn)", err=True)
-        front = "uvicorn"
     if front == "native":
         import logging
 

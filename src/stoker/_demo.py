@@ -223,7 +223,7 @@ def serve_text_and_bench(out: Path, seconds: float = 2.0) -> int:
     t0 = time.perf_counter()
     print(
         "stoker demo: sentence embeddings with all-MiniLM-L6-v2 (real weights, read from "
-        f"{default_model_dir()}) behind stoker's HTTP front, on the CPU; requests are "
+        f"{default_model_dir()}) behind stoker's native HTTP front, on the CPU; requests are "
         "OpenAI-style POST /v1/embeddings, one generated sentence each"
     )
     plan = bench.Plan(concurrency=(1, 16), rate_fractions=(0.7,), seconds=seconds, warmup_s=0.5)

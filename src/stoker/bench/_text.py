@@ -1,17 +1,18 @@
 """A stoker text-embedding server for `stoker bench` and the demo, in this process.
 
-The native gateway queues image requests natively and needs at least one image model, so a
-server of text models alone runs on the Python front (uvicorn), on a thread of this process.
+It runs behind stoker's native HTTP front, which forwards text requests to the Python
+application (the gateway answers image requests natively only), on a thread of this process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from stoker.bench._targets import Endpoint, free_port, wait_ready
+from stoker.bench._targets import Endpoint, wait_ready
 
 __all__ = ["TextSettings", "load_sentences", "text_target"]
 
@@ -38,10 +39,8 @@ def load_sentences(count: int, seed: int = 5) -> list[bytes]:
 
 @contextlib.contextmanager
 def text_target(settings: TextSettings, label: str) -> Iterator[Endpoint]:
-    """stoker's Python front serving the text model on a free loopback port."""
-    import uvicorn
-
-    from stoker.server import ModelConfig, ServerConfig, create_app
+    """stoker's native front serving the text model on a free loopback port."""
+    from stoker.server import ModelConfig, NativeServer, ServerConfig
 
     model = ModelConfig(
         name=settings.name,
@@ -53,20 +52,28 @@ def text_target(settings: TextSettings, label: str) -> Iterator[Endpoint]:
         max_delay_ms=settings.max_delay_ms,
         capacity=settings.capacity,
     )
-    port = free_port()
-    app = create_app(ServerConfig(models=(model,), port=port))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="stoker-bench-text", daemon=True)
+    server = NativeServer(ServerConfig(models=(model,)), port=0)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(server.serve(stop))
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=serve, name="stoker-bench-text", daemon=True)
     thread.start()
     description = (
-        f"stoker Python front (uvicorn), text model {settings.model} on {settings.device}, "
+        f"stoker native front, text model {settings.model} on {settings.device}, "
         f"max batch {settings.max_batch_size}, OpenAI-style /v1/embeddings"
     )
     try:
-        wait_ready("127.0.0.1", port, 60.0, alive=thread.is_alive)
+        wait_ready("127.0.0.1", server.port, 60.0, alive=thread.is_alive)
         yield Endpoint(
             "127.0.0.1",
-            port,
+            server.port,
             settings.name,
             label,
             description,
@@ -75,5 +82,5 @@ def text_target(settings: TextSettings, label: str) -> Iterator[Endpoint]:
             "embeddings",
         )
     finally:
-        server.should_exit = True
+        loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=60)

@@ -107,7 +107,8 @@ class NativeServer:
         self.app = create_app(config, models)
         self.front: Front = self.app.state.front
         self.drain_s = drain_s
-        tasks = list(self.front.tasks.values())
+        # The gateway answers image models' requests itself; other tasks' requests are forwarded.
+        tasks = [t for t in self.front.tasks.values() if isinstance(t, ImageClassification)]
         try:
             self.gateway = _native.Gateway(
                 config.host,
