@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import struct
+import time
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -239,27 +240,36 @@ def post_image(c: httpx.AsyncClient) -> Any:
 
 
 def test_overload_answers_503_with_retry_after_and_deadlines_504() -> None:
+    async def until(condition: Any) -> None:
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline, "the engine never got there"
+            await asyncio.sleep(0.01)
+
     async def main() -> None:
         model = GatedNet()
         app = server(model, capacity=2, max_batch_size=1, server_kwargs={"timeout_ms": 300.0})
+        engine = app.state.front.tasks["tiny"].engine
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://stoker") as c:
-                tasks = [asyncio.ensure_future(post_image(c)) for _ in range(8)]
-                await asyncio.sleep(1.0)
-                done = [t for t in tasks if t.done()]
-                statuses = sorted(t.result().status_code for t in done)
-                assert 503 in statuses
-                assert all(
-                    t.result().headers.get("retry-after") == "1"
-                    for t in done
-                    if t.result().status_code == 503
-                )
+                # One request in the blocked model, two more prepared in the other staging
+                # slots: then two wait in the queue (its capacity) past their deadline, and the
+                # rest are refused at once.
+                running = [asyncio.ensure_future(post_image(c))]
+                await until(model.entered.is_set)
+                running += [asyncio.ensure_future(post_image(c)) for _ in range(2)]
+                await until(lambda: engine.waiting == 0 and not any(t.done() for t in running))
+                await asyncio.sleep(0.2)
+                queued = [asyncio.ensure_future(post_image(c)) for _ in range(2)]
+                await until(lambda: engine.waiting == 2)
+                refused = await asyncio.gather(*[post_image(c) for _ in range(3)])
+                assert [r.status_code for r in refused] == [503] * 3
+                assert all(r.headers.get("retry-after") == "1" for r in refused)
+                await asyncio.sleep(0.5)  # the queued requests' deadlines pass
                 model.gate.set()
-                final = sorted(r.status_code for r in await asyncio.gather(*tasks))
-                assert 504 in final
-                assert set(final) <= {200, 503, 504}
-                assert final.count(200) >= 1
+                assert [r.status_code for r in await asyncio.gather(*queued)] == [504, 504]
+                assert [r.status_code for r in await asyncio.gather(*running)] == [200] * 3
 
     asyncio.run(main())
 
