@@ -230,26 +230,43 @@ def _black_jpeg() -> bytes:
     return out.getvalue()
 
 
+def until(condition: Any) -> None:
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, "the server never got there"
+        time.sleep(0.01)
+
+
 def test_overload_answers_503_at_once_and_deadlines_504() -> None:
     model = GatedNet()
     r = serve(model, server={"timeout_ms": 300.0}, capacity=2, max_batch_size=1)
+    engine = r.server.front.tasks["tiny"].engine
     try:
         body, headers = binary_request(IMAGES[:1])
+
+        def post() -> tuple[int, dict[str, str], bytes]:
+            return r.request("POST", "/v2/models/tiny/infer", body, headers)
+
         with ThreadPoolExecutor(8) as pool:
-            futures = [
-                pool.submit(r.request, "POST", "/v2/models/tiny/infer", body, headers)
-                for _ in range(8)
-            ]
-            time.sleep(1.0)
-            early = [f.result() for f in futures if f.done()]
-            assert any(s == 503 and h.get("retry-after") == "1" for s, h, _ in early)
+            # One request in the blocked model, two prepared in the other staging slots, two
+            # queued (the capacity) past their deadline; the rest are refused at once.
+            running = [pool.submit(post)]
+            until(model.entered.is_set)
+            running += [pool.submit(post) for _ in range(2)]
+            until(lambda: engine.waiting == 0)
+            time.sleep(0.2)
+            queued = [pool.submit(post) for _ in range(2)]
+            until(lambda: engine.waiting == 2)
+            refused = [pool.submit(post).result(timeout=10) for _ in range(3)]
+            assert all(s == 503 and h.get("retry-after") == "1" for s, h, _ in refused)
+            time.sleep(0.5)
             model.gate.set()
-            final = sorted(f.result()[0] for f in futures)
-        assert 504 in final and 200 in final
-        assert set(final) <= {200, 503, 504}
+            assert [f.result()[0] for f in queued] == [504, 504]
+            assert [f.result()[0] for f in running] == [200] * 3
         status, _, text = r.request("GET", "/metrics", headers=AUTH)
         assert status == 200
         assert 'endpoint="infer"' in text.decode() and 'code="503"' in text.decode()
+        assert dict(r.server.gateway.counts(0)) == {200: 3, 503: 3, 504: 2}
     finally:
         r.close()
 
