@@ -167,6 +167,17 @@ def test_other_requests_reach_the_python_application(running: Running) -> None:
     assert running.server.gateway.forwarded >= 4
 
 
+def test_any_request_target_is_answered_and_the_bridge_survives(running: Running) -> None:
+    for target in (b"/\xff", b"/v2/\xe2\x82\xac", b"/?q=\xc3", b"/%ff%fe"):
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as s:
+            s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 404"), (target, reply[:80])
+    assert running.request("GET", "/v2/health/live")[0] == 200
+
+
 def test_errors(running: Running) -> None:
     body, headers = binary_request(IMAGES[:1])
     status, reply_headers, _ = running.request(

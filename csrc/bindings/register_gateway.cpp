@@ -62,7 +62,10 @@ nb::list forwarded(Gateway& g) {
       headers.append(nb::make_tuple(nb::bytes(h.name.data(), h.name.size()),
                                     nb::bytes(h.value.data(), h.value.size())));
     }
-    out.append(nb::make_tuple(token, r.method, r.path, r.query, headers,
+    // Bytes, not str: a request target may hold any octet (obs-text), UTF-8 or not.
+    out.append(nb::make_tuple(token, nb::bytes(r.method.data(), r.method.size()),
+                              nb::bytes(r.path.data(), r.path.size()),
+                              nb::bytes(r.query.data(), r.query.size()), headers,
                               nb::bytes(r.body.data(), r.body.size())));
   }
   return out;
@@ -123,7 +126,8 @@ void register_gateway(nb::module_& m) {
           nb::arg("drain_s"), nb::call_guard<nb::gil_scoped_release>(),
           "Stop accepting, let requests in flight finish for up to drain_s, close.")
       .def("next_forwarded", &forwarded,
-           "Wait for requests left to Python: [(token, method, path, query, headers, body)];\n"
+           "Wait for requests left to Python: [(token, method, path, query, headers, body)], all\n"
+           "but the token as bytes;\n"
            "an empty list once shut down.")
       .def(
           "respond",

@@ -208,30 +208,39 @@ bool Gateway::try_infer(uint64_t token, size_t model, HttpRequest& request) {
   const uint64_t base = kIdBit | (req.sequence << kElementBits);
   for (size_t i = 0; i < n; ++i) {
     const KsSpan span = req.parsed.elements[i];
-    const Admission a =
-        m.feeder->submit(base | i, Priority::kNormal, deadline, body + span.offset, span.size);
-    if (a == Admission::kAccepted) continue;
-    // Refused: the elements already queued are withdrawn where still possible; the rest are
-    // answered when their batch comes back, and only then is the body released.
-    Finished done;
-    size_t withdrawn = n - i;
-    for (size_t j = 0; j < i; ++j) withdrawn += m.feeder->cancel(base | j) ? 1 : 0;
-    const bool full = a == Admission::kFull;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      req.responded = true;
-      by_token_.erase(token);
-      req.remaining -= withdrawn;
-      if (req.remaining == 0) {
-        auto it = pending_.find(req.sequence);
-        done.push_back(std::move(it->second));
-        pending_.erase(it);
-      }
+    Admission a;
+    try {
+      a = m.feeder->submit(base | i, Priority::kNormal, deadline, body + span.offset, span.size);
+    } catch (...) {
+      // Settled before the error travels on: otherwise the request would wait forever for
+      // elements that were never queued.
+      withdraw(req, token, model, base, i);
+      throw;
     }
-    reply_error(token, model, 503, full ? "queue full" : "the engine is closed", true);
+    if (a == Admission::kAccepted) continue;
+    withdraw(req, token, model, base, i);
+    reply_error(token, model, 503, a == Admission::kFull ? "queue full" : "the engine is closed",
+                true);
     return true;
   }
   return true;
+}
+
+// Elements [0, queued) of the request are in the feeder, the rest never will be: those still
+// waiting are cancelled, and the request is released once the others come back from their batch.
+void Gateway::withdraw(Pending& req, uint64_t token, size_t model, uint64_t base, size_t queued) {
+  Finished done;
+  size_t withdrawn = req.elements - queued;
+  for (size_t j = 0; j < queued; ++j) withdrawn += models_[model].feeder->cancel(base | j) ? 1 : 0;
+  std::lock_guard<std::mutex> lock(mutex_);
+  req.responded = true;
+  by_token_.erase(token);
+  req.remaining -= withdrawn;
+  if (req.remaining == 0) {
+    auto it = pending_.find(req.sequence);
+    done.push_back(std::move(it->second));
+    pending_.erase(it);
+  }
 }
 
 void Gateway::on_abandon(uint64_t token) {

@@ -114,6 +114,7 @@ class Gateway {
   void on_abandon(uint64_t token);
   bool try_infer(uint64_t token, size_t model, HttpRequest& request);
   void forward(uint64_t token, HttpRequest&& request);
+  void withdraw(Pending& req, uint64_t token, size_t model, uint64_t base, size_t queued);
   // Settles one element (under mutex_); a request whose last element settles moves to `done`.
   void settle(uint64_t id, Finished& done, const std::function<void(Pending&, size_t)>& apply);
   void finish(Pending& p);

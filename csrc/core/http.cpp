@@ -334,8 +334,12 @@ bool HttpParser::on_chunk_size_line() {
     const char c = lower(s[digits]);
     const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
     if (d < 0) break;
+    // Checked before the step, so that no number of digits can wrap the size around.
+    if (size > (limits_.max_body_bytes - uint64_t(d)) / 16 ||
+        uint64_t(d) > limits_.max_body_bytes) {
+      return fail(413, "request body too large");
+    }
     size = size * 16 + uint64_t(d);
-    if (size > limits_.max_body_bytes) return fail(413, "request body too large");
   }
   if (digits == 0) return fail(400, "malformed chunk size");
   // Chunk extensions carry nothing stoker uses: checked for stray control bytes, then ignored.

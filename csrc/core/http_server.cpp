@@ -88,11 +88,21 @@ void HttpServer::start() {
   std::lock_guard<std::mutex> lock(lifecycle_);
   if (started_ || stopped_) return;
   started_ = true;
-  for (auto& loop : loops_)
-    threads_.emplace_back([l = loop.get()] {
-      name_this_thread("stoker-http");
-      l->run();
-    });
+  size_t launched = 0;
+  try {
+    for (auto& loop : loops_) {
+      threads_.emplace_back([l = loop.get()] {
+        name_this_thread("stoker-http");
+        l->run();
+      });
+      ++launched;
+    }
+  } catch (...) {
+    // Loops that never ran never report that they stopped listening; shutdown() must not wait
+    // for them.
+    unlistened_.count_down(std::ptrdiff_t(loops_.size() - launched));
+    throw;
+  }
 }
 
 void HttpServer::respond(uint64_t token, HttpResponse&& response) {

@@ -33,7 +33,10 @@ bool HttpServer::Loop::on_readable(Conn& c) {
       if (!c.lingering && !receive(c, std::string_view(scratch_.get(), size_t(n)))) return false;
       if (size_t(n) < kReadChunk) break;
     } else if (n == 0) {
-      close_conn(c);  // the client went away; a request in flight is abandoned
+      // The client went away; a request in flight is abandoned (and its queued work cancelled).
+      // A half-close looks the same from here, so a client must keep its side open until it has
+      // read its answer, as HTTP/1.1 clients do.
+      close_conn(c);
       return false;
     } else if (errno == EINTR) {
       continue;

@@ -123,8 +123,9 @@ void HttpServer::Loop::run() {
     expire_timers();
     if (draining_ && (drained() || now_ >= drain_deadline_)) break;
   }
-  if (!draining_) server_.unlistened_.count_down();  // left early: never make shutdown() wait
+  // Off the listener before telling shutdown(), which then closes it.
   set_listening(false);
+  if (!draining_) server_.unlistened_.count_down();  // left early: never make shutdown() wait
   while (!conns_.empty()) close_conn(*conns_.begin()->second);
   retire();
   current = nullptr;

@@ -237,6 +237,11 @@ inline int decode_symbol(BitReader& in, const HuffTable& t) {
 
 // One block into `block` (zeroed by libjpeg), or only past it when Store is false. Positions
 // past the block map to the DC slot, written last.
+// DC predictions add up differences without bound; crafted data can push the sum past int's
+// range. libjpeg's sum wraps there (and only the low 16 bits reach the coefficient), so this one
+// wraps the same way, without the undefined behaviour of signed overflow.
+inline int wrap_add(int a, int b) { return int(unsigned(a) + unsigned(b)); }
+
 template <bool Store>
 inline bool decode_block(BitReader& in, const HuffTable& dc, const HuffTable& ac, int& last_dc,
                          JCOEF* block) {
@@ -244,12 +249,12 @@ inline bool decode_block(BitReader& in, const HuffTable& dc, const HuffTable& ac
   if (in.count < 32) in.refill();
   const uint64_t dc_step = dc.steps[in.peek(kPeekBits)];
   if (dc_step & kWhole) {
-    last_dc += int16_t(dc_step >> 16);
+    last_dc = wrap_add(last_dc, int16_t(dc_step >> 16));
     in.drop(int(dc_step & 0x7F));
   } else {
     const int size = decode_symbol(in, dc);
     if (size < 0) return false;
-    last_dc += size != 0 ? extend(in.take(size), size) : 0;
+    last_dc = wrap_add(last_dc, size != 0 ? extend(in.take(size), size) : 0);
   }
   int k = 1;
   do {

@@ -243,6 +243,11 @@ TEST(HttpParser, Limits) {
   EXPECT_EQ(error_of(chunked + "a\r\n0123456789\r\n7\r\n", limits), 413);
   EXPECT_EQ(error_of(chunked + "ffffffffffffffffffff\r\n", limits), 413);
   EXPECT_EQ(error_of(chunked + "a\r\n0123456789\r\n6\r\n012345\r\n0\r\n\r\n", limits), 0);
+  // With a limit near the top of the range, a long chunk size must not wrap around to a small one.
+  HttpLimits huge;
+  huge.max_body_bytes = uint64_t{1} << 62;
+  EXPECT_EQ(error_of(chunked + "10000000000000000\r\n", huge), 413);
+  EXPECT_EQ(error_of(chunked + "ffffffffffffffff0\r\n", huge), 413);
 }
 
 TEST(HttpParser, LargeDeclaredBodyIsNotReservedUpFront) {

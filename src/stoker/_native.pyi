@@ -264,7 +264,8 @@ class Gateway:
 
     def next_forwarded(self) -> list:
         """
-        Wait for requests left to Python: [(token, method, path, query, headers, body)];
+        Wait for requests left to Python: [(token, method, path, query, headers, body)], all
+        but the token as bytes;
         an empty list once shut down.
         """
 

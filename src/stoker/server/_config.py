@@ -14,6 +14,10 @@ from stoker._spec import IMAGENET_MEAN, IMAGENET_STD, ImageSpec
 
 __all__ = ["ModelConfig", "ServerConfig", "load_config"]
 
+# Bounds that keep deadlines and body sizes far from the native side's integer limits.
+_DAY_MS = 86_400_000.0
+_MAX_BODY = 1 << 34
+
 Task = Literal["image-classification", "text-embedding"]
 TASKS = ("image-classification", "text-embedding")
 
@@ -84,8 +88,12 @@ class ServerConfig:
             raise ValueError(
                 "max_body_bytes, max_images_per_request and max_texts_per_request must be positive"
             )
-        if self.timeout_ms is not None and not self.timeout_ms > 0:
-            raise ValueError(f"timeout_ms must be positive, got {self.timeout_ms}")
+        if self.timeout_ms is not None and not 0 < self.timeout_ms <= _DAY_MS:
+            raise ValueError(f"timeout_ms must be in (0, {_DAY_MS}], got {self.timeout_ms}")
+        if self.max_body_bytes > _MAX_BODY:
+            raise ValueError(
+                f"max_body_bytes must be at most {_MAX_BODY}, got {self.max_body_bytes}"
+            )
         if self.token is None and os.environ.get("STOKER_TOKEN"):
             object.__setattr__(self, "token", os.environ["STOKER_TOKEN"])
 

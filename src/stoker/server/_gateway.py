@@ -11,7 +11,6 @@ FastAPI application that ``stoker serve --front uvicorn`` runs, called in-proces
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import threading
@@ -160,8 +159,11 @@ class NativeServer:
 
     def _bridge(self, loop: asyncio.AbstractEventLoop) -> None:
         while batch := self.gateway.next_forwarded():
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody to answer
+            try:
                 loop.call_soon_threadsafe(self._dispatch, batch)
+            except RuntimeError:  # the loop closed: answer what is left here, then stop
+                for item in batch:
+                    self.gateway.respond(item[0], 503, [("retry-after", "1")], b"")
 
     def _dispatch(self, batch: list[tuple[Any, ...]]) -> None:
         for item in batch:
@@ -172,61 +174,64 @@ class NativeServer:
     async def _asgi(
         self,
         token: int,
-        method: str,
-        path: str,
-        query: str,
+        method: bytes,
+        path: bytes,
+        query: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
     ) -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": unquote(path),
-            "raw_path": path.encode("latin-1"),
-            "query_string": query.encode("latin-1"),
-            "root_path": "",
-            "headers": headers,
-            "server": (self.config.host, self.port),
-            "client": None,
-        }
-        delivered = False
-        never = asyncio.get_running_loop().create_future()
-
-        async def receive() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await never  # the body is whole; a disconnect is not signalled to the app
-            return {"type": "http.disconnect"}
-
         status = 500
         reply_headers: list[tuple[str, str]] = []
         chunks: list[bytes] = []
-
-        async def send(message: Mapping[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                for k, v in message.get("headers", []):
-                    name = k.decode("latin-1").lower()
-                    if name not in _HOP_HEADERS:
-                        reply_headers.append((name, v.decode("latin-1")))
-            elif message["type"] == "http.response.body":
-                chunks.append(bytes(message.get("body", b"")))
-
+        never = asyncio.get_running_loop().create_future()
         try:
+            # Latin-1 maps every octet to one character, so no request target can fail here;
+            # the application sees the percent-decoded path as ASGI servers give it.
+            target = path.decode("latin-1")
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0", "spec_version": "2.3"},
+                "http_version": "1.1",
+                "method": method.decode("latin-1"),
+                "scheme": "http",
+                "path": unquote(target, encoding="utf-8", errors="replace"),
+                "raw_path": path,
+                "query_string": query,
+                "root_path": "",
+                "headers": headers,
+                "server": (self.config.host, self.port),
+                "client": None,
+            }
+            delivered = False
+
+            async def receive() -> dict[str, Any]:
+                nonlocal delivered
+                if not delivered:
+                    delivered = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                await never  # the body is whole; a disconnect is not signalled to the app
+                return {"type": "http.disconnect"}
+
+            async def send(message: Mapping[str, Any]) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                    for k, v in message.get("headers", []):
+                        name = k.decode("latin-1").lower()
+                        if name not in _HOP_HEADERS:
+                            reply_headers.append((name, v.decode("latin-1")))
+                elif message["type"] == "http.response.body":
+                    chunks.append(bytes(message.get("body", b"")))
+
             await self.app(scope, receive, send)
         except Exception:
-            log.exception("the application failed on %s %s", method, path)
+            log.exception("the application failed on %r %r", method, path)
             status, reply_headers = 500, [("content-type", "application/json")]
             chunks = [b'{"error": "internal error"}']
         finally:
             never.cancel()
-        self.gateway.respond(token, status, reply_headers, b"".join(chunks))
+            # Every forwarded request is answered exactly once, whatever happened above.
+            self.gateway.respond(token, status, reply_headers, b"".join(chunks))
 
 
 def serve_native(config: ServerConfig, *, io_threads: int = 1, drain_s: float = 10.0) -> None:
