@@ -1,7 +1,7 @@
 """stoker's native data plane"""
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Final
+from typing import Annotated, Final, overload
 
 import numpy
 from numpy.typing import NDArray
@@ -312,3 +312,62 @@ class Gateway:
 
     def counts(self, model: int) -> list[tuple[int, int]]:
         """[(status, answered requests)] of the model at that index."""
+
+class KVBlockManager:
+    """
+    Paged KV-cache blocks for generation: block tables per sequence, copy-on-write forks and
+    a prefix cache of full blocks (evicted least recently freed first). Not thread-safe.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int) -> None: ...
+    def can_allocate(self, n_tokens: int) -> bool:
+        """Whether allocate() of any prompt of n_tokens tokens would succeed now."""
+
+    def allocate(self, seq: int, tokens: Sequence[int]) -> int | None:
+        """
+        Blocks for a new sequence's prompt, reusing cached leading full blocks. Returns how
+        many prompt tokens are already cached, or None when out of blocks (nothing changed).
+        """
+
+    def can_append(self, seq: int) -> bool: ...
+    def append_slot(self, seq: int, token: int) -> tuple[bool, tuple[int, int] | None]:
+        """
+        Room for one decoded token: (appended, copy). appended is False when out of blocks
+        (nothing changed); copy is (src, dst) when a shared last block was copied on write.
+        """
+
+    def fork(self, parent: int, child: int) -> None:
+        """A new sequence sharing all of the parent's blocks."""
+
+    def free(self, seq: int) -> None: ...
+    def block_table(self, seq: int) -> NDArray[numpy.int32]:
+        """The sequence's block ids (int32), in token order."""
+
+    def num_tokens(self, seq: int) -> int: ...
+    def __contains__(self, seq: int) -> bool: ...
+    @overload
+    def slot_mapping(
+        self,
+        seq: int,
+        positions: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", writable=False)],
+    ) -> NDArray[numpy.int64]:
+        """Flat KV slots (block * block_size + offset, int64) of token positions."""
+
+    @overload
+    def slot_mapping(self, seq: int, positions: Sequence[int]) -> NDArray[numpy.int64]: ...
+    @property
+    def num_blocks(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks nobody holds, cached ones included."""
+
+    @property
+    def num_cached_blocks(self) -> int:
+        """Blocks the prefix cache can find, held or not."""
+
+    @property
+    def prefix_hits(self) -> int: ...
+    @property
+    def prefix_misses(self) -> int: ...
