@@ -1,28 +1,152 @@
-// Generative-serving bindings: the paged KV-cache block manager. Every call holds the GIL: each is
-// cheap (proportional to one prompt or one block table), and the manager relies on its callers
-// being serialized, which the GIL provides for free.
+// Generative-serving bindings: the paged KV-cache block manager and the continuous-batching
+// scheduler. Every call holds the GIL: each is cheap (proportional to one prompt, one block table
+// or one step's tokens), and both rely on their callers being serialized, which the GIL provides
+// for free.
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "bindings/bindings.hpp"
 #include "core/kv_blocks.hpp"
+#include "core/scheduler.hpp"
 
 namespace stoker::bindings {
 namespace {
 
 template <typename T>
-nb::ndarray<nb::numpy, T> to_numpy(std::vector<T>&& values) {
+nb::ndarray<nb::numpy, T> to_numpy(std::vector<T>&& values, size_t width = 0) {
   auto* owned = new std::vector<T>(std::move(values));
   nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
-  const size_t shape[1] = {owned->size()};
-  return nb::ndarray<nb::numpy, T>(owned->data(), 1, shape, owner);
+  if (width == 0) {
+    const size_t shape[1] = {owned->size()};
+    return nb::ndarray<nb::numpy, T>(owned->data(), 1, shape, owner);
+  }
+  const size_t shape[2] = {owned->size() / width, width};
+  return nb::ndarray<nb::numpy, T>(owned->data(), 2, shape, owner);
+}
+
+template <typename T, typename F>
+std::vector<T> column(const std::vector<ScheduledSeq>& rows, F field) {
+  std::vector<T> values;
+  for (const ScheduledSeq& r : rows) values.push_back(T(field(r)));
+  return values;
+}
+
+const char* reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::kEos:
+      return "eos";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      break;
+  }
+  return "length";
+}
+
+void register_scheduler(nb::module_& m) {
+  // The arrays are fresh copies that own their memory, not views into the step.
+  const auto kOwned = nb::rv_policy::move;
+  nb::class_<SchedulerStep>(m, "SchedulerStep",
+                            "One step's batch, as flat arrays for the model runner.")
+      .def_prop_ro(
+          "input_ids", [](const SchedulerStep& s) { return to_numpy(std::vector(s.input_ids)); },
+          kOwned)
+      .def_prop_ro(
+          "positions", [](const SchedulerStep& s) { return to_numpy(std::vector(s.positions)); },
+          kOwned)
+      .def_prop_ro(
+          "seq_ids",
+          [](const SchedulerStep& s) {
+            return to_numpy(column<int64_t>(s.seqs, [](const ScheduledSeq& r) { return r.seq; }));
+          },
+          "One row per scheduled sequence, in the order of its query tokens in input_ids.", kOwned)
+      .def_prop_ro(
+          "query_lens",
+          [](const SchedulerStep& s) {
+            return to_numpy(
+                column<int32_t>(s.seqs, [](const ScheduledSeq& r) { return r.query_len; }));
+          },
+          kOwned)
+      .def_prop_ro(
+          "context_lens",
+          [](const SchedulerStep& s) {
+            return to_numpy(
+                column<int32_t>(s.seqs, [](const ScheduledSeq& r) { return r.context_len; }));
+          },
+          kOwned)
+      .def_prop_ro(
+          "block_tables",
+          [](const SchedulerStep& s) {
+            // Every row holds a block, so width 0 means no rows; to_numpy reads 0 as 1-D.
+            const size_t width = size_t(std::max<int64_t>(s.table_width, 1));
+            return to_numpy(std::vector(s.block_tables), width);
+          },
+          "(rows, width) int32, padded with -1; (0, 1) for an empty step.", kOwned)
+      .def_prop_ro(
+          "slot_mapping",
+          [](const SchedulerStep& s) { return to_numpy(std::vector(s.slot_mapping)); }, kOwned)
+      .def_prop_ro(
+          "copies",
+          [](const SchedulerStep& s) {
+            std::vector<BlockId> flat;
+            for (const BlockCopy& c : s.copies) flat.insert(flat.end(), {c.src, c.dst});
+            return to_numpy(std::move(flat), 2);
+          },
+          "(n, 2) int32 copy-on-write (src, dst) block copies to do before the step.", kOwned)
+      .def_prop_ro(
+          "sample", [](const SchedulerStep& s) { return to_numpy(std::vector(s.sample)); },
+          "The sequences update() expects a sampled token for, in this order.", kOwned)
+      .def_prop_ro(
+          "preempted", [](const SchedulerStep& s) { return to_numpy(std::vector(s.preempted)); },
+          kOwned);
+
+  nb::class_<Scheduler>(
+      m, "Scheduler",
+      "Continuous batching over paged KV blocks: decode rows first, then chunked prefills, with\n"
+      "preemption by recompute. The policies are documented in csrc/core/scheduler.hpp.")
+      .def(nb::init<int64_t, int64_t, int64_t, int64_t>(), nb::arg("num_blocks"),
+           nb::arg("block_size"), nb::arg("max_num_batched_tokens"), nb::arg("max_num_seqs"))
+      .def(
+          "add",
+          [](Scheduler& s, SeqId seq, std::vector<TokenId> prompt, int64_t max_new_tokens,
+             std::optional<TokenId> eos_token_id, std::vector<TokenId> stop_token_ids) {
+            s.add(seq, std::move(prompt),
+                  SamplingParams{max_new_tokens, eos_token_id, std::move(stop_token_ids)});
+          },
+          nb::arg("seq"), nb::arg("prompt"), nb::arg("max_new_tokens"),
+          nb::arg("eos_token_id") = nb::none(), nb::arg("stop_token_ids") = std::vector<TokenId>{},
+          "Queues a sequence at the back of waiting.")
+      .def("schedule", &Scheduler::schedule)
+      .def(
+          "update",
+          [](Scheduler& s, const std::vector<TokenId>& sampled) {
+            std::vector<std::tuple<SeqId, std::vector<TokenId>, std::string>> finished;
+            for (FinishedSeq& f : s.update(sampled)) {
+              finished.emplace_back(f.seq, std::move(f.tokens), reason_name(f.reason));
+            }
+            return finished;
+          },
+          nb::arg("sampled"),
+          "One token per sequence of the last step's sample; returns the finished sequences as\n"
+          "(seq, generated tokens, reason), reason being 'eos', 'stop' or 'length'.")
+      .def("abort", &Scheduler::abort, nb::arg("seq"))
+      .def_prop_ro("num_waiting", &Scheduler::num_waiting)
+      .def_prop_ro("num_running", &Scheduler::num_running)
+      .def_prop_ro("num_free_blocks",
+                   [](const Scheduler& s) { return s.blocks().num_free_blocks(); })
+      .def_prop_ro("prefix_hits", [](const Scheduler& s) { return s.blocks().prefix_hits(); });
 }
 
 }  // namespace
@@ -88,6 +212,7 @@ void register_generate(nb::module_& m) {
                    "Blocks the prefix cache can find, held or not.")
       .def_prop_ro("prefix_hits", &KVBlockManager::prefix_hits)
       .def_prop_ro("prefix_misses", &KVBlockManager::prefix_misses);
+  register_scheduler(m);
 }
 
 }  // namespace stoker::bindings

@@ -371,3 +371,75 @@ class KVBlockManager:
     def prefix_hits(self) -> int: ...
     @property
     def prefix_misses(self) -> int: ...
+
+class SchedulerStep:
+    """One step's batch, as flat arrays for the model runner."""
+
+    @property
+    def input_ids(self) -> NDArray[numpy.int32]: ...
+    @property
+    def positions(self) -> NDArray[numpy.int64]: ...
+    @property
+    def seq_ids(self) -> NDArray[numpy.int64]:
+        """
+        One row per scheduled sequence, in the order of its query tokens in input_ids.
+        """
+
+    @property
+    def query_lens(self) -> NDArray[numpy.int32]: ...
+    @property
+    def context_lens(self) -> NDArray[numpy.int32]: ...
+    @property
+    def block_tables(self) -> NDArray[numpy.int32]:
+        """(rows, width) int32, padded with -1; (0, 1) for an empty step."""
+
+    @property
+    def slot_mapping(self) -> NDArray[numpy.int64]: ...
+    @property
+    def copies(self) -> NDArray[numpy.int32]:
+        """
+        (n, 2) int32 copy-on-write (src, dst) block copies to do before the step.
+        """
+
+    @property
+    def sample(self) -> NDArray[numpy.int64]:
+        """The sequences update() expects a sampled token for, in this order."""
+
+    @property
+    def preempted(self) -> NDArray[numpy.int64]: ...
+
+class Scheduler:
+    """
+    Continuous batching over paged KV blocks: decode rows first, then chunked prefills, with
+    preemption by recompute. The policies are documented in csrc/core/scheduler.hpp.
+    """
+
+    def __init__(
+        self, num_blocks: int, block_size: int, max_num_batched_tokens: int, max_num_seqs: int
+    ) -> None: ...
+    def add(
+        self,
+        seq: int,
+        prompt: Sequence[int],
+        max_new_tokens: int,
+        eos_token_id: int | None = None,
+        stop_token_ids: Sequence[int] = [],
+    ) -> None:
+        """Queues a sequence at the back of waiting."""
+
+    def schedule(self) -> SchedulerStep: ...
+    def update(self, sampled: Sequence[int]) -> list[tuple[int, list[int], str]]:
+        """
+        One token per sequence of the last step's sample; returns the finished sequences as
+        (seq, generated tokens, reason), reason being 'eos', 'stop' or 'length'.
+        """
+
+    def abort(self, seq: int) -> None: ...
+    @property
+    def num_waiting(self) -> int: ...
+    @property
+    def num_running(self) -> int: ...
+    @property
+    def num_free_blocks(self) -> int: ...
+    @property
+    def prefix_hits(self) -> int: ...

@@ -1,0 +1,192 @@
+#include "core/scheduler.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace stoker {
+
+Scheduler::Scheduler(int64_t num_blocks, int64_t block_size, int64_t max_num_batched_tokens,
+                     int64_t max_num_seqs)
+    : blocks_(num_blocks, block_size),
+      max_tokens_(max_num_batched_tokens),
+      max_seqs_(max_num_seqs) {
+  if (max_num_seqs <= 0) throw std::invalid_argument("max_num_seqs must be positive");
+  if (max_num_batched_tokens < max_num_seqs) {
+    throw std::invalid_argument("max_num_batched_tokens must be at least max_num_seqs");
+  }
+}
+
+void Scheduler::check_idle(const char* what) const {
+  if (!awaiting_.empty()) {
+    throw std::logic_error(std::string(what) + " needs update() with the last step's tokens");
+  }
+}
+
+void Scheduler::add(SeqId seq, std::vector<TokenId> prompt, SamplingParams params) {
+  if (seqs_.count(seq) != 0) {
+    throw std::invalid_argument("sequence " + std::to_string(seq) + " already exists");
+  }
+  if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
+  if (std::any_of(prompt.begin(), prompt.end(), [](TokenId t) { return t < 0; })) {
+    throw std::invalid_argument("token ids must not be negative");
+  }
+  if (params.max_new_tokens < 1) throw std::invalid_argument("max_new_tokens must be positive");
+  const int64_t capacity = blocks_.num_blocks() * blocks_.block_size();
+  if (params.max_new_tokens - 1 > capacity - int64_t(prompt.size())) {
+    throw std::invalid_argument("sequence " + std::to_string(seq) +
+                                " needs more KV than the whole cache holds");
+  }
+  Seq s;
+  s.prompt_len = prompt.size();
+  s.tokens = std::move(prompt);
+  s.params = std::move(params);
+  seqs_.emplace(seq, std::move(s));
+  waiting_.push_back(seq);
+}
+
+int64_t Scheduler::room(SeqId seq) const {
+  const int64_t bs = blocks_.block_size();
+  return int64_t(blocks_.block_table(seq).size()) * bs - blocks_.num_tokens(seq) +
+         blocks_.num_free_blocks() * bs;
+}
+
+template <typename Fits>
+bool Scheduler::make_room(SeqId seq, Fits fits, const std::unordered_set<SeqId>& scheduled,
+                          SchedulerStep& out) {
+  while (!fits()) {
+    auto victim = std::find_if(running_.rbegin(), running_.rend(),
+                               [&](SeqId s) { return scheduled.count(s) == 0; });
+    const SeqId v = *victim;  // `seq` itself is unscheduled, so there is one
+    blocks_.free(v);
+    running_.erase(std::next(victim).base());
+    Seq& s = seqs_.at(v);
+    s.prefilling = true;
+    waiting_.push_front(v);
+    out.preempted.push_back(v);
+    if (v == seq) return false;
+  }
+  return true;
+}
+
+void Scheduler::emit(SeqId seq, int64_t from, int64_t to, SchedulerStep& out) {
+  const Seq& s = seqs_.at(seq);
+  std::vector<int64_t> positions;
+  for (int64_t p = from; p < to; ++p) {
+    out.input_ids.push_back(s.tokens[size_t(p)]);
+    positions.push_back(p);
+  }
+  const std::vector<int64_t> slots = blocks_.slot_mapping(seq, positions);
+  out.positions.insert(out.positions.end(), positions.begin(), positions.end());
+  out.slot_mapping.insert(out.slot_mapping.end(), slots.begin(), slots.end());
+  out.seqs.push_back({seq, int32_t(to - from), int32_t(to)});
+  if (!s.prefilling) out.sample.push_back(seq);
+}
+
+SchedulerStep Scheduler::schedule() {
+  check_idle("schedule()");
+  SchedulerStep out;
+  std::unordered_set<SeqId> scheduled;
+  int64_t budget = max_tokens_;
+  auto append = [&](SeqId seq, TokenId token) {
+    AppendResult r = blocks_.append_slot(seq, token);
+    if (!r.appended) throw std::logic_error("append_slot failed after room was made");
+    if (r.copy) out.copies.push_back(*r.copy);
+  };
+
+  for (size_t i = 0; i < running_.size(); ++i) {
+    const SeqId seq = running_[i];
+    if (seqs_.at(seq).prefilling) continue;
+    if (!make_room(seq, [&] { return blocks_.can_append(seq); }, scheduled, out)) break;
+    const int64_t n = blocks_.num_tokens(seq);
+    append(seq, seqs_.at(seq).tokens[size_t(n)]);
+    emit(seq, n, n + 1, out);
+    scheduled.insert(seq);
+    --budget;
+  }
+  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+    const SeqId seq = running_[i];
+    Seq& s = seqs_.at(seq);
+    if (!s.prefilling) continue;
+    if (!make_room(seq, [&] { return room(seq) > 0; }, scheduled, out)) break;
+    const int64_t done = blocks_.num_tokens(seq);
+    const int64_t chunk = std::min({int64_t(s.prefill_target) - done, budget, room(seq)});
+    for (int64_t p = done; p < done + chunk; ++p) append(seq, s.tokens[size_t(p)]);
+    s.prefilling = done + chunk < int64_t(s.prefill_target);
+    emit(seq, done, done + chunk, out);
+    scheduled.insert(seq);
+    budget -= chunk;
+  }
+  while (out.preempted.empty() && budget > 0 && !waiting_.empty() &&
+         int64_t(running_.size()) < max_seqs_) {
+    const SeqId seq = waiting_.front();
+    Seq& s = seqs_.at(seq);
+    const int64_t n = std::min(int64_t(s.tokens.size()), budget);
+    const auto cached = blocks_.allocate(seq, std::span<const TokenId>(s.tokens.data(), size_t(n)));
+    if (!cached) break;
+    waiting_.pop_front();
+    running_.push_back(seq);
+    s.prefill_target = s.tokens.size();
+    s.prefilling = n < int64_t(s.prefill_target);
+    const int64_t done = std::min(*cached, n - 1);
+    emit(seq, done, n, out);
+    scheduled.insert(seq);
+    budget -= n - done;
+  }
+
+  for (const ScheduledSeq& row : out.seqs) {
+    out.table_width = std::max(out.table_width, int64_t(blocks_.block_table(row.seq).size()));
+  }
+  for (const ScheduledSeq& row : out.seqs) {
+    const std::vector<BlockId>& table = blocks_.block_table(row.seq);
+    out.block_tables.insert(out.block_tables.end(), table.begin(), table.end());
+    out.block_tables.insert(out.block_tables.end(), size_t(out.table_width) - table.size(), -1);
+  }
+  awaiting_ = out.sample;
+  return out;
+}
+
+std::vector<FinishedSeq> Scheduler::update(std::span<const TokenId> sampled) {
+  if (sampled.size() != awaiting_.size()) {
+    throw std::invalid_argument("expected " + std::to_string(awaiting_.size()) +
+                                " sampled tokens, got " + std::to_string(sampled.size()));
+  }
+  if (std::any_of(sampled.begin(), sampled.end(), [](TokenId t) { return t < 0; })) {
+    throw std::invalid_argument("token ids must not be negative");
+  }
+  std::vector<FinishedSeq> finished;
+  for (size_t i = 0; i < sampled.size(); ++i) {
+    const SeqId seq = awaiting_[i];
+    const TokenId t = sampled[i];
+    Seq& s = seqs_.at(seq);
+    s.tokens.push_back(t);
+    const auto& stops = s.params.stop_token_ids;
+    std::optional<FinishReason> reason;
+    if (s.params.eos_token_id == t) {
+      reason = FinishReason::kEos;
+    } else if (std::find(stops.begin(), stops.end(), t) != stops.end()) {
+      reason = FinishReason::kStop;
+    } else if (int64_t(s.tokens.size() - s.prompt_len) >= s.params.max_new_tokens) {
+      reason = FinishReason::kLength;
+    }
+    if (!reason) continue;
+    finished.push_back(
+        {seq, {s.tokens.begin() + ptrdiff_t(s.prompt_len), s.tokens.end()}, *reason});
+    blocks_.free(seq);
+    running_.erase(std::find(running_.begin(), running_.end(), seq));
+    seqs_.erase(seq);
+  }
+  awaiting_.clear();
+  return finished;
+}
+
+void Scheduler::abort(SeqId seq) {
+  check_idle("abort()");
+  if (seqs_.erase(seq) == 0) throw std::out_of_range("unknown sequence " + std::to_string(seq));
+  if (blocks_.contains(seq)) blocks_.free(seq);
+  std::erase(running_, seq);
+  std::erase(waiting_, seq);
+}
+
+}  // namespace stoker

@@ -1,0 +1,137 @@
+// Continuous-batching scheduler for generative serving: each step picks which sequences run and
+// how many of their tokens, on top of the paged KV block manager, and flattens the choice into the
+// arrays a model runner consumes.
+//
+// Policies (tests/_scheduler_reference.py implements the same ones; the two are tested against
+// each other, so a change here needs the same change there):
+// - Queues: waiting (FIFO) and running (in admission order). A running sequence is either
+//   prefilling (part of its prompt has KV) or decoding (one new token per step).
+// - A step spends at most max_num_batched_tokens query tokens on at most max_num_seqs running
+//   sequences. The constructor insists on max_num_batched_tokens >= max_num_seqs, so the decode
+//   rows of a step always fit its budget.
+// - Order within a step: first one decode row per decoding sequence (in admission order), then
+//   the next chunk of every prefilling sequence (in admission order) while budget lasts, then
+//   admissions from the head of waiting while budget and max_num_seqs allow. Admission stops at
+//   the first sequence whose first chunk gets no blocks (no skipping ahead), and nothing is
+//   admitted in a step that preempted: the blocks freed by preemption were needed by running work.
+// - Chunked prefill: a chunk is min(rest of the prompt, remaining budget) tokens, and for a
+//   sequence already admitted also no more than its free block room; blocks are taken when the
+//   chunk is scheduled. Prefix-cache hits are looked up when the first chunk is allocated (the
+//   manager has no lookup without allocation), so only the first chunk's full blocks can hit.
+//   Hits are skipped, except that a chunk always keeps at least its last token as a query token
+//   (a fully cached chunk still has to produce logits, and rewriting a cached slot with the KV it
+//   already holds is harmless).
+// - A sequence samples in a step when it decodes, or when its chunk completes its prompt.
+// - The sampled token's slot is taken in the next step's decode row (the token is its input),
+//   so a sequence that stops never holds a slot for its last token.
+// - Preemption by recompute: when a running sequence scheduled in this step cannot get a block,
+//   the most recently admitted running sequence not yet scheduled this step is preempted (it may
+//   be the one asking) until the request fits: its blocks are freed and it goes to the front of
+//   waiting with its generated tokens appended to its prompt, to be prefilled again. Victims are
+//   freed newest first and each is pushed to the front, so waiting keeps their admission order.
+// - Stop conditions, checked after each sampled token, first match wins: eos, a stop token, then
+//   max_new_tokens. The reported tokens include the one that stopped the sequence. A finished
+//   sequence's blocks are freed at once.
+// - add() rejects a sequence that could never finish alone: its prompt plus max_new_tokens - 1
+//   tokens (all but the last get KV) must fit the whole cache. That also keeps preemption from
+//   looping: the oldest running sequence, alone, always fits.
+// - update() must follow every schedule() that samples, with one token per sampling sequence in
+//   the step's order; schedule() and abort() refuse to run while it is owed.
+// Not thread-safe: one engine loop owns it.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <span>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "core/kv_blocks.hpp"
+
+namespace stoker {
+
+struct SamplingParams {
+  int64_t max_new_tokens = 1;
+  std::optional<TokenId> eos_token_id;
+  std::vector<TokenId> stop_token_ids;
+};
+
+// One sequence's row of a step: its query tokens are a contiguous run of the step's inputs.
+struct ScheduledSeq {
+  SeqId seq = 0;
+  int32_t query_len = 0;
+  int32_t context_len = 0;  // tokens with KV once this step ran, the query ones included
+  bool operator==(const ScheduledSeq&) const = default;
+};
+
+struct SchedulerStep {
+  std::vector<TokenId> input_ids;
+  std::vector<int64_t> positions;
+  std::vector<ScheduledSeq> seqs;
+  // Row-major, one row per entry of seqs, padded with -1 to table_width.
+  std::vector<BlockId> block_tables;
+  int64_t table_width = 0;
+  std::vector<int64_t> slot_mapping;  // per input token
+  std::vector<BlockCopy> copies;      // for the runner to do before the step
+  std::vector<SeqId> sample;          // the sequences update() expects a token for, in this order
+  std::vector<SeqId> preempted;
+};
+
+enum class FinishReason { kLength, kEos, kStop };
+
+struct FinishedSeq {
+  SeqId seq = 0;
+  std::vector<TokenId> tokens;  // generated ones
+  FinishReason reason = FinishReason::kLength;
+  bool operator==(const FinishedSeq&) const = default;
+};
+
+class Scheduler {
+ public:
+  // Throws std::invalid_argument for non-positive sizes or max_num_batched_tokens < max_num_seqs.
+  Scheduler(int64_t num_blocks, int64_t block_size, int64_t max_num_batched_tokens,
+            int64_t max_num_seqs);
+
+  // Queues a sequence at the back of waiting. Throws std::invalid_argument for a known id, an
+  // empty prompt, a negative token, max_new_tokens < 1 or a sequence the cache can never hold.
+  void add(SeqId seq, std::vector<TokenId> prompt, SamplingParams params);
+  SchedulerStep schedule();
+  // The tokens sampled for the last step's `sample`, in order; returns the sequences that stopped.
+  std::vector<FinishedSeq> update(std::span<const TokenId> sampled);
+  // Drops a sequence wherever it is; std::out_of_range for an unknown one.
+  void abort(SeqId seq);
+
+  int64_t num_waiting() const { return int64_t(waiting_.size()); }
+  int64_t num_running() const { return int64_t(running_.size()); }
+  const KVBlockManager& blocks() const { return blocks_; }
+
+ private:
+  struct Seq {
+    std::vector<TokenId> tokens;  // prompt, then generated
+    size_t prompt_len = 0;
+    SamplingParams params;
+    size_t prefill_target = 0;  // tokens to prefill since the last admission
+    bool prefilling = true;
+  };
+
+  void check_idle(const char* what) const;
+  // Tokens the sequence can still take without new blocks plus those the free blocks hold.
+  int64_t room(SeqId seq) const;
+  // Preempts until fits() holds; false when `seq` itself was preempted.
+  template <typename Fits>
+  bool make_room(SeqId seq, Fits fits, const std::unordered_set<SeqId>& scheduled,
+                 SchedulerStep& out);
+  void emit(SeqId seq, int64_t from, int64_t to, SchedulerStep& out);
+
+  KVBlockManager blocks_;
+  int64_t max_tokens_;
+  int64_t max_seqs_;
+  std::unordered_map<SeqId, Seq> seqs_;
+  std::deque<SeqId> waiting_;
+  std::vector<SeqId> running_;  // admission order
+  std::vector<SeqId> awaiting_;
+};
+
+}  // namespace stoker

@@ -1,0 +1,160 @@
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "core/scheduler.hpp"
+
+namespace stoker {
+namespace {
+
+using Tokens = std::vector<TokenId>;
+using Ints = std::vector<int64_t>;
+using Rows = std::vector<ScheduledSeq>;
+using Ids = std::vector<SeqId>;
+
+Tokens tokens(TokenId start, int n) {
+  Tokens t;
+  for (int i = 0; i < n; ++i) t.push_back(start + i);
+  return t;
+}
+
+SamplingParams up_to(int64_t n) { return SamplingParams{n, std::nullopt, {}}; }
+
+TEST(Scheduler, RejectsBadInput) {
+  EXPECT_THROW(Scheduler(8, 4, 2, 4), std::invalid_argument);
+  EXPECT_THROW(Scheduler(8, 4, 8, 0), std::invalid_argument);
+  EXPECT_THROW(Scheduler(0, 4, 8, 2), std::invalid_argument);
+  Scheduler s(2, 4, 8, 2);
+  EXPECT_THROW(s.add(1, {}, up_to(1)), std::invalid_argument);
+  EXPECT_THROW(s.add(1, {1, -2}, up_to(1)), std::invalid_argument);
+  EXPECT_THROW(s.add(1, {1}, up_to(0)), std::invalid_argument);
+  EXPECT_THROW(s.add(1, tokens(0, 9), up_to(1)), std::invalid_argument);
+  EXPECT_THROW(s.add(1, tokens(0, 6), up_to(4)), std::invalid_argument);
+  s.add(1, tokens(0, 6), up_to(3));  // 8 tokens of KV: exactly the cache
+  EXPECT_THROW(s.add(1, {1}, up_to(1)), std::invalid_argument);
+  EXPECT_THROW(s.abort(7), std::out_of_range);
+  EXPECT_THROW(s.update(Tokens{1}), std::invalid_argument);
+  EXPECT_EQ(s.schedule().sample, Ids{1});
+  EXPECT_THROW(s.schedule(), std::logic_error);
+  EXPECT_THROW(s.abort(1), std::logic_error);
+  EXPECT_THROW(s.update(Tokens{}), std::invalid_argument);
+  EXPECT_THROW(s.update(Tokens{-1}), std::invalid_argument);
+  EXPECT_TRUE(s.update(Tokens{5}).empty());
+}
+
+TEST(Scheduler, ChunksPrefillUnderBudgetThenDecodesFirst) {
+  Scheduler s(16, 4, 8, 4);
+  s.add(1, tokens(100, 10), up_to(5));
+  SchedulerStep a = s.schedule();
+  EXPECT_EQ(a.input_ids, tokens(100, 8));
+  EXPECT_EQ(a.positions, (Ints{0, 1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_EQ(a.seqs, (Rows{{1, 8, 8}}));
+  EXPECT_EQ(a.block_tables, (std::vector<BlockId>{0, 1}));
+  EXPECT_EQ(a.slot_mapping, (Ints{0, 1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_TRUE(a.sample.empty());  // the prompt is not done yet
+
+  s.add(2, tokens(200, 3), up_to(5));
+  SchedulerStep b = s.schedule();
+  EXPECT_EQ(b.input_ids, (Tokens{108, 109, 200, 201, 202}));
+  EXPECT_EQ(b.positions, (Ints{8, 9, 0, 1, 2}));
+  EXPECT_EQ(b.seqs, (Rows{{1, 2, 10}, {2, 3, 3}}));
+  EXPECT_EQ(b.table_width, 3);
+  EXPECT_EQ(b.block_tables, (std::vector<BlockId>{0, 1, 2, 3, -1, -1}));
+  EXPECT_EQ(b.slot_mapping, (Ints{8, 9, 12, 13, 14}));
+  EXPECT_EQ(b.sample, (Ids{1, 2}));
+  EXPECT_TRUE(s.update(Tokens{7, 8}).empty());
+
+  s.add(3, tokens(300, 20), up_to(1));
+  SchedulerStep c = s.schedule();
+  EXPECT_EQ(c.seqs, (Rows{{1, 1, 11}, {2, 1, 4}, {3, 6, 6}}));
+  EXPECT_EQ(c.input_ids, (Tokens{7, 8, 300, 301, 302, 303, 304, 305}));
+  EXPECT_EQ(c.positions, (Ints{10, 3, 0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(c.sample, (Ids{1, 2}));
+}
+
+TEST(Scheduler, AdmitsNoMoreThanMaxNumSeqs) {
+  Scheduler s(16, 4, 16, 1);
+  s.add(1, tokens(0, 2), up_to(2));
+  s.add(2, tokens(10, 2), up_to(2));
+  EXPECT_EQ(s.schedule().seqs, (Rows{{1, 2, 2}}));
+  EXPECT_EQ(s.num_waiting(), 1);
+  s.update(Tokens{5});
+  EXPECT_EQ(s.schedule().seqs, (Rows{{1, 1, 3}}));
+  ASSERT_EQ(s.update(Tokens{6}).size(), 1u);
+  EXPECT_EQ(s.schedule().seqs, (Rows{{2, 2, 2}}));
+}
+
+TEST(Scheduler, PreemptsNewestByRecomputeAndResumesWithPrefixHit) {
+  Scheduler s(4, 2, 8, 2);
+  s.add(1, tokens(10, 4), up_to(3));
+  s.add(2, tokens(20, 4), up_to(3));
+  EXPECT_EQ(s.schedule().sample, (Ids{1, 2}));
+  s.update(Tokens{50, 60});
+
+  SchedulerStep b = s.schedule();  // seq 1 needs a block: seq 2 gives its own back
+  EXPECT_EQ(b.preempted, Ids{2});
+  EXPECT_EQ(b.seqs, (Rows{{1, 1, 5}}));
+  EXPECT_EQ(s.num_waiting(), 1);
+  s.update(Tokens{51});
+
+  SchedulerStep c = s.schedule();  // seq 2's recompute does not fit beside seq 1 yet
+  EXPECT_EQ(c.seqs, (Rows{{1, 1, 6}}));
+  const std::vector<FinishedSeq> done = s.update(Tokens{52});
+  EXPECT_EQ(done, (std::vector<FinishedSeq>{{1, {50, 51, 52}, FinishReason::kLength}}));
+
+  SchedulerStep d = s.schedule();  // its first prompt block is still cached
+  EXPECT_EQ(d.seqs, (Rows{{2, 3, 5}}));
+  EXPECT_EQ(d.input_ids, (Tokens{22, 23, 60}));
+  EXPECT_EQ(d.positions, (Ints{2, 3, 4}));
+  EXPECT_EQ(s.blocks().prefix_hits(), 1);
+  s.update(Tokens{61});
+  s.schedule();
+  EXPECT_EQ(s.update(Tokens{62}),
+            (std::vector<FinishedSeq>{{2, {60, 61, 62}, FinishReason::kLength}}));
+  EXPECT_EQ(s.num_running(), 0);
+  EXPECT_EQ(s.blocks().num_free_blocks(), 4);
+}
+
+TEST(Scheduler, AFullyCachedPromptStillQueriesItsLastToken) {
+  Scheduler s(8, 4, 16, 2);
+  s.add(1, tokens(0, 8), up_to(1));
+  s.schedule();
+  ASSERT_EQ(s.update(Tokens{9}).size(), 1u);
+  s.add(2, tokens(0, 8), up_to(1));
+  SchedulerStep b = s.schedule();
+  EXPECT_EQ(b.seqs, (Rows{{2, 1, 8}}));
+  EXPECT_EQ(b.positions, Ints{7});
+  EXPECT_EQ(b.sample, Ids{2});
+}
+
+TEST(Scheduler, StopsOnEosThenStopTokensThenLength) {
+  Scheduler s(16, 4, 16, 4);
+  s.add(1, {1}, SamplingParams{3, 0, {7}});
+  s.add(2, {1}, SamplingParams{3, 0, {7}});
+  s.add(3, {1}, SamplingParams{1, 0, {7}});
+  s.add(4, {1}, SamplingParams{3, std::nullopt, {}});
+  s.schedule();
+  EXPECT_EQ(s.update(Tokens{5, 7, 0, 0}), (std::vector<FinishedSeq>{{2, {7}, FinishReason::kStop},
+                                                                    {3, {0}, FinishReason::kEos}}));
+  EXPECT_EQ(s.schedule().sample, (Ids{1, 4}));
+  EXPECT_EQ(s.update(Tokens{0, 5}), (std::vector<FinishedSeq>{{1, {5, 0}, FinishReason::kEos}}));
+  s.schedule();
+  EXPECT_EQ(s.update(Tokens{6}), (std::vector<FinishedSeq>{{4, {0, 5, 6}, FinishReason::kLength}}));
+}
+
+TEST(Scheduler, AbortFreesBlocksWherever) {
+  Scheduler s(4, 4, 4, 2);
+  s.add(1, tokens(0, 6), up_to(2));
+  s.add(2, tokens(10, 2), up_to(2));
+  s.schedule();
+  EXPECT_EQ(s.blocks().num_free_blocks(), 3);
+  s.abort(1);
+  s.abort(2);
+  EXPECT_EQ(s.blocks().num_free_blocks(), 4);
+  EXPECT_EQ(s.num_running() + s.num_waiting(), 0);
+}
+
+}  // namespace
+}  // namespace stoker
