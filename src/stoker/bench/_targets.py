@@ -238,6 +238,27 @@ def stoker_target(settings: StokerSettings, label: str) -> Iterator[Endpoint]:
     server = NativeServer(
         ServerConfig(models=(config,)), models, port=0, io_threads=settings.io_threads
     )
+    description = (
+        f"stoker native front, model {settings.model} on {settings.device}, "
+        f"max batch {settings.max_batch_size}, {settings.io_threads} I/O thread(s)"
+        + (", random weights" if random_weights(settings) else "")
+    )
+    with running(server, "stoker-bench-server"):
+        yield Endpoint(
+            "127.0.0.1",
+            server.port,
+            settings.name,
+            label,
+            description,
+            None,
+            {k: v for k, v in vars(settings).items() if v is not None},
+        )
+
+
+@contextlib.contextmanager
+def running(server: Any, thread_name: str) -> Iterator[None]:
+    """A NativeServer served by an event loop on a thread of this process, ready inside the
+    block and drained after it."""
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
 
@@ -248,24 +269,11 @@ def stoker_target(settings: StokerSettings, label: str) -> Iterator[Endpoint]:
         finally:
             loop.close()
 
-    thread = threading.Thread(target=serve, name="stoker-bench-server", daemon=True)
+    thread = threading.Thread(target=serve, name=thread_name, daemon=True)
     thread.start()
-    description = (
-        f"stoker native front, model {settings.model} on {settings.device}, "
-        f"max batch {settings.max_batch_size}, {settings.io_threads} I/O thread(s)"
-        + (", random weights" if random_weights(settings) else "")
-    )
     try:
         wait_ready("127.0.0.1", server.port, 60.0, alive=thread.is_alive)
-        yield Endpoint(
-            "127.0.0.1",
-            server.port,
-            settings.name,
-            label,
-            description,
-            None,
-            {k: v for k, v in vars(settings).items() if v is not None},
-        )
+        yield
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=60)

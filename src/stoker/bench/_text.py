@@ -6,13 +6,11 @@ application (the gateway answers image requests natively only), on a thread of t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from stoker.bench._targets import Endpoint, wait_ready
+from stoker.bench._targets import Endpoint, running
 
 __all__ = ["TextSettings", "load_sentences", "text_target"]
 
@@ -53,24 +51,11 @@ def text_target(settings: TextSettings, label: str) -> Iterator[Endpoint]:
         capacity=settings.capacity,
     )
     server = NativeServer(ServerConfig(models=(model,)), port=0)
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(server.serve(stop))
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=serve, name="stoker-bench-text", daemon=True)
-    thread.start()
     description = (
         f"stoker native front, text model {settings.model} on {settings.device}, "
         f"max batch {settings.max_batch_size}, OpenAI-style /v1/embeddings"
     )
-    try:
-        wait_ready("127.0.0.1", server.port, 60.0, alive=thread.is_alive)
+    with running(server, "stoker-bench-text"):
         yield Endpoint(
             "127.0.0.1",
             server.port,
@@ -81,6 +66,3 @@ def text_target(settings: TextSettings, label: str) -> Iterator[Endpoint]:
             {k: v for k, v in vars(settings).items() if v is not None},
             "embeddings",
         )
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=60)
