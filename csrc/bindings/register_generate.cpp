@@ -146,7 +146,8 @@ void register_scheduler(nb::module_& m) {
       .def_prop_ro("num_running", &Scheduler::num_running)
       .def_prop_ro("num_free_blocks",
                    [](const Scheduler& s) { return s.blocks().num_free_blocks(); })
-      .def_prop_ro("prefix_hits", [](const Scheduler& s) { return s.blocks().prefix_hits(); });
+      .def_prop_ro("prefix_hits", [](const Scheduler& s) { return s.blocks().prefix_hits(); })
+      .def_prop_ro("prefix_misses", [](const Scheduler& s) { return s.blocks().prefix_misses(); });
 }
 
 }  // namespace

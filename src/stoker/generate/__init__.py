@@ -1,0 +1,35 @@
+"""Generative serving on stoker: a Llama-family decoder behind a native continuous-batching
+scheduler and a paged KV cache.
+
+Needs torch, safetensors and tokenizers (the ``generate`` extra).
+"""
+
+from stoker.generate._config import DecoderConfig, read_config
+from stoker.generate._engine import GenerateEngine
+from stoker.generate._model import Decoder, StepBatch, load_weights
+from stoker.generate._sampling import RowSampling, sample
+from stoker.generate._types import (
+    FinishReason,
+    GenerationChunk,
+    GenerationError,
+    Generator,
+    GeneratorStats,
+    SamplingOptions,
+)
+
+__all__ = [
+    "Decoder",
+    "DecoderConfig",
+    "FinishReason",
+    "GenerateEngine",
+    "GenerationChunk",
+    "GenerationError",
+    "Generator",
+    "GeneratorStats",
+    "RowSampling",
+    "SamplingOptions",
+    "StepBatch",
+    "load_weights",
+    "read_config",
+    "sample",
+]

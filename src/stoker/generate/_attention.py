@@ -1,0 +1,420 @@
+"""Causal grouped-query attention over a paged KV cache, for a Llama-family decoder.
+
+The cache is two tensors ``[num_blocks, block_size, Hkv, D]`` (K and V); sequence ``b`` owns
+the blocks ``block_tables[b]`` in order, so its key at position ``p`` lives in block
+``block_tables[b, p // block_size]`` at offset ``p % block_size``. A step is flat: the query
+tokens of all sequences back to back (``cu_query_lens`` marks where each starts), and
+``context_lens`` counts each sequence's keys including the step's own tokens, which
+``write_kv`` has already stored.
+
+``paged_attention`` runs a Triton kernel on CUDA tensors and ``paged_attention_reference``
+(plain torch, also the tests' oracle) elsewhere; CPU tensors may be forced through the kernel,
+which then runs in Triton's interpreter. The kernel and ``write_kv`` never synchronize with the
+host and their launches depend only on shapes and the host ``max_query_len``, so a step can be
+captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import types
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TypeVar, cast
+
+import torch
+
+try:
+    import triton  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    import triton.language as tl  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    from triton.runtime.jit import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        JITFunction,
+    )
+
+    HAS_TRITON = True
+except ImportError:  # CPU-only installs use the reference
+    HAS_TRITON = False
+
+__all__ = [
+    "HAS_TRITON",
+    "paged_attention",
+    "paged_attention_reference",
+    "paged_attention_triton",
+    "write_kv",
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_LOG2E = 1.4426950408889634
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+_INTS = (torch.int32, torch.int64)
+# Rows of a program's query tile (query tokens x q heads of one kv head) and keys per step of
+# its loop. A decode step has one token per sequence, so its tile is one group padded to 16 rows
+# (tl.dot's minimum); 64 keys per step keep several cache blocks' loads in flight.
+_ROWS_PREFILL, _KEYS = 64, 64
+# The interpreter pays per operation, not per element; small key steps still cross blocks.
+_KEYS_INTERPRETED = 32
+
+
+def _jit(fn: _F) -> _F:
+    # Compiled kernels whatever TRITON_INTERPRET says; CPU tensors get interpreted copies
+    # (_interpreted). The kernel calls no @jit function of triton.language (tl.max, tl.sum and
+    # tl.zeros are ones): those are interpreted only when TRITON_INTERPRET was set before
+    # triton's import, so it reduces with tl.reduce and its own combine functions instead.
+    return cast(_F, JITFunction(fn)) if HAS_TRITON else fn
+
+
+@_jit
+def _maximum(a: tl.tensor, b: tl.tensor) -> tl.tensor:
+    return tl.maximum(a, b)
+
+
+@_jit
+def _add(a: tl.tensor, b: tl.tensor) -> tl.tensor:
+    return a + b
+
+
+@_jit
+def _paged_attention_kernel(
+    q_ptr: tl.tensor,
+    k_ptr: tl.tensor,
+    v_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    cu_ptr: tl.tensor,
+    ctx_ptr: tl.tensor,
+    table_ptr: tl.tensor,
+    qk_scale: tl.tensor,
+    sq_t: tl.tensor,
+    sq_h: tl.tensor,
+    so_t: tl.tensor,
+    so_h: tl.tensor,
+    sk_b: tl.tensor,
+    sk_o: tl.tensor,
+    sk_h: tl.tensor,
+    sv_b: tl.tensor,
+    sv_o: tl.tensor,
+    sv_h: tl.tensor,
+    st_b: tl.tensor,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PAGE: tl.constexpr,
+    ROWS: tl.constexpr,
+    TOKENS: tl.constexpr,
+    KEYS: tl.constexpr,
+    PRECISION: tl.constexpr,
+) -> None:
+    """One (query tile, kv head, sequence): rows are TOKENS query tokens x GROUP q heads."""
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = tl.program_id(2)
+    q_start = tl.load(cu_ptr + seq)
+    q_len = tl.load(cu_ptr + seq + 1) - q_start
+    # Past the sequence's queries (padding rows included): the grid covers max_query_len.
+    if tile * TOKENS >= q_len:
+        return
+    ctx = tl.load(ctx_ptr + seq)
+
+    row = tl.arange(0, ROWS)
+    token = tile * TOKENS + row // GROUP
+    head = kv_head * GROUP + row % GROUP
+    row_ok = (row < TOKENS * GROUP) & (token < q_len)
+    pos = ctx - q_len + token
+    dim = tl.arange(0, HEAD_DIM)
+    q_offs = (q_start + token)[:, None] * sq_t + head[:, None] * sq_h + dim[None, :]
+    q = tl.load(q_ptr + q_offs, mask=row_ok[:, None], other=0.0)
+
+    # Keys past the tile's last query token are masked for every row: stop there.
+    kv_end = ctx - q_len + tl.minimum(tile * TOKENS + TOKENS, q_len)
+    m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    l_i = tl.full([ROWS], 0.0, tl.float32)
+    acc = tl.full([ROWS, HEAD_DIM], 0.0, tl.float32)
+    key = tl.arange(0, KEYS)
+    for start in range(0, kv_end, KEYS):
+        n = start + key
+        n_ok = n < kv_end
+        block = tl.load(table_ptr + seq * st_b + n // PAGE, mask=n_ok, other=0).to(tl.int64)
+        offset = n % PAGE
+        k_offs = block[None, :] * sk_b + offset[None, :] * sk_o + kv_head * sk_h + dim[:, None]
+        k = tl.load(k_ptr + k_offs, mask=n_ok[None, :], other=0.0)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+        s = tl.where(n_ok[None, :] & (n[None, :] <= pos[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.reduce(s, 1, _maximum))
+        # A row with no visible key yet keeps -inf; subtracting 0 keeps its terms at exp(-inf).
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.reduce(p, 1, _add)
+        v_offs = block[:, None] * sv_b + offset[:, None] * sv_o + kv_head * sv_h + dim[None, :]
+        v = tl.load(v_ptr + v_offs, mask=n_ok[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    result = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    o_offs = (q_start + token)[:, None] * so_t + head[:, None] * so_h + dim[None, :]
+    tl.store(out_ptr + o_offs, result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@functools.cache
+def _interpreted() -> Any:
+    """An interpreted copy of the kernel, for CPU tensors (tests without a GPU)."""
+    from triton.runtime.interpreter import (  # type: ignore[import-untyped,unused-ignore]
+        InterpretedFunction,
+    )
+
+    # The copy lives in a private namespace where its helpers are interpreted too (an
+    # interpreted kernel cannot call a compiled one). triton's own max and sum combiners, where
+    # this triton has them, let the interpreter reduce with numpy instead of element by element.
+    ns = dict(globals())
+    for name in ("_maximum", "_add", "_paged_attention_kernel"):
+        raw = cast(Any, globals()[name]).fn
+        ns[name] = InterpretedFunction(types.FunctionType(raw.__code__, ns, raw.__name__))
+    standard = getattr(tl, "standard", None)
+    for name, fast in (("_maximum", "_elementwise_max"), ("_add", "_sum_combine")):
+        ns[name] = getattr(standard, fast, ns[name])
+    return ns["_paged_attention_kernel"]
+
+
+@contextlib.contextmanager
+def _interpreter_warnings() -> Iterator[None]:
+    # The interpreter hands scalar arguments around as 1-element arrays, and range() over one
+    # makes numpy (>= 1.25) warn about converting an array to a scalar; harmless here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", "Conversion of an array with ndim > 0", DeprecationWarning
+        )
+        yield
+
+
+def _check(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cu_query_lens: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    max_query_len: int,
+    out: torch.Tensor | None,
+) -> torch.Tensor:
+    """Raises ValueError for inconsistent arguments (shapes only: no host sync); returns out."""
+    if q.dim() != 3:
+        raise ValueError(f"q must be [T, Hq, D], got shape {tuple(q.shape)}")
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(
+            "k_cache and v_cache must both be [num_blocks, block_size, Hkv, D], got "
+            f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    n_q, head_dim = q.shape[1], q.shape[2]
+    n_kv = k_cache.shape[2]
+    if k_cache.shape[3] != head_dim:
+        raise ValueError(f"head dim of q ({head_dim}) and cache ({k_cache.shape[3]}) differ")
+    if n_kv == 0 or n_q % n_kv != 0:
+        raise ValueError(f"q heads ({n_q}) must be a multiple of kv heads ({n_kv})")
+    if q.dtype not in _FLOATS or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(
+            "q, k_cache and v_cache must share one of float16, bfloat16, float32; got "
+            f"{q.dtype}, {k_cache.dtype}, {v_cache.dtype}"
+        )
+    if block_tables.dim() != 2 or context_lens.shape != (block_tables.shape[0],):
+        raise ValueError(
+            f"block_tables must be [B, W] and context_lens [B], got {tuple(block_tables.shape)} "
+            f"and {tuple(context_lens.shape)}"
+        )
+    if cu_query_lens.shape != (block_tables.shape[0] + 1,):
+        raise ValueError(f"cu_query_lens must be [B + 1], got {tuple(cu_query_lens.shape)}")
+    for name, t in (("cu_query_lens", cu_query_lens), ("context_lens", context_lens)):
+        if t.dtype not in _INTS:
+            raise ValueError(f"{name} must be int32 or int64, got {t.dtype}")
+    if block_tables.dtype not in _INTS:
+        raise ValueError(f"block_tables must be int32 or int64, got {block_tables.dtype}")
+    if isinstance(max_query_len, bool) or not isinstance(max_query_len, int) or max_query_len < 0:
+        raise ValueError(f"max_query_len must be a non-negative int, got {max_query_len!r}")
+    tensors = (k_cache, v_cache, cu_query_lens, context_lens, block_tables)
+    if any(t.device != q.device for t in tensors):
+        raise ValueError(f"all tensors must be on q's device {q.device}")
+    if out is None:
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+    if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+        raise ValueError(
+            f"out must be {tuple(q.shape)} {q.dtype} on {q.device}, got "
+            f"{tuple(out.shape)} {out.dtype} on {out.device}"
+        )
+    return out
+
+
+def write_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Store the step's keys and values ``[T, Hkv, D]`` at cache slots ``slot_mapping`` (int64).
+
+    Slot ``block * block_size + offset``; every slot must be valid (pad with a scratch block)
+    and distinct. In place, no host sync, capturable in a CUDA graph.
+    """
+    if k.dim() != 3 or v.shape != k.shape:
+        raise ValueError(
+            f"k and v must both be [T, Hkv, D], got {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if k_cache.dim() != 4 or v_cache.shape != k_cache.shape or k_cache.shape[2:] != k.shape[1:]:
+        raise ValueError(
+            f"caches must both be [num_blocks, block_size, {k.shape[1]}, {k.shape[2]}], got "
+            f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    if slot_mapping.dtype != torch.int64 or slot_mapping.shape != k.shape[:1]:
+        raise ValueError(
+            f"slot_mapping must be int64 [{k.shape[0]}], got {slot_mapping.dtype} "
+            f"{tuple(slot_mapping.shape)}"
+        )
+    if k.dtype != k_cache.dtype or v.dtype != v_cache.dtype:
+        raise ValueError(f"k/v ({k.dtype}) must have the caches' dtype ({k_cache.dtype})")
+    for cache in (k_cache, v_cache):
+        # A flat view of (block, offset) must alias the cache, or the write would land in a copy.
+        if cache.shape[0] > 1 and cache.stride(0) != cache.shape[1] * cache.stride(1):
+            raise ValueError(
+                "cache blocks must be laid out back to back (stride(0) = bs * stride(1))"
+            )
+    slots = k_cache.shape[0] * k_cache.shape[1]
+    k_cache.view(slots, *k.shape[1:]).index_copy_(0, slot_mapping, k)
+    v_cache.view(slots, *v.shape[1:]).index_copy_(0, slot_mapping, v)
+
+
+def paged_attention_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cu_query_lens: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float,
+    max_query_len: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`paged_attention` in plain torch, one sequence at a time (any device; syncs the host)."""
+    out = _check(q, k_cache, v_cache, cu_query_lens, context_lens, block_tables, max_query_len, out)
+    block_size, group = k_cache.shape[1], q.shape[1] // k_cache.shape[2]
+    cu, ctx = cu_query_lens.tolist(), context_lens.tolist()
+    for b, n in enumerate(ctx):
+        q_len = cu[b + 1] - cu[b]
+        if q_len == 0:
+            continue
+        if not 0 < q_len <= min(n, max_query_len):
+            raise ValueError(
+                f"sequence {b}: query length {q_len} must be at most its context length {n} "
+                f"and max_query_len {max_query_len}"
+            )
+        keys = torch.arange(n, device=q.device)
+        blocks = block_tables[b, keys // block_size].long()
+        k = k_cache[blocks, keys % block_size].float().repeat_interleave(group, dim=1)
+        v = v_cache[blocks, keys % block_size].float().repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", q[cu[b] : cu[b + 1]].float(), k) * scale
+        positions = torch.arange(n - q_len, n, device=q.device)
+        scores = scores.masked_fill(keys[None, :] > positions[:, None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[cu[b] : cu[b + 1]] = torch.einsum("hqk,khd->qhd", probs, v).to(out.dtype)
+    return out
+
+
+def _tiles(group: int, max_query_len: int) -> tuple[int, int]:
+    """(rows, query tokens) of a program's tile: whole groups, at least 16 rows for tl.dot."""
+    rows = max(16, triton.next_power_of_2(group))
+    if max_query_len > 1:
+        rows = max(rows, min(_ROWS_PREFILL, triton.next_power_of_2(max_query_len * group)))
+    return rows, rows // group
+
+
+def paged_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cu_query_lens: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float,
+    max_query_len: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`paged_attention` as one Triton kernel launch; CPU tensors run in Triton's interpreter.
+
+    Every query length must be at most ``max_query_len`` and at most its context length (not
+    checked: that would sync the host). Needs D a power of two >= 16 and the last dimension of
+    q, out and the caches contiguous. Rows of ``out`` outside ``cu_query_lens`` are not written.
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("paged_attention_triton requires triton (pip install triton)")
+    out = _check(q, k_cache, v_cache, cu_query_lens, context_lens, block_tables, max_query_len, out)
+    head_dim = q.shape[2]
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        raise ValueError(
+            f"the Triton kernel needs a head dim that is a power of two >= 16, got {head_dim}"
+        )
+    if any(t.stride(-1) != 1 for t in (q, out, k_cache, v_cache)):
+        raise ValueError("q, out, k_cache and v_cache must be contiguous in their last dimension")
+    if q.device.type not in ("cuda", "cpu"):
+        raise ValueError(f"tensors must be on a CUDA device (or the CPU), got {q.device}")
+    batch, n_kv = block_tables.shape[0], k_cache.shape[2]
+    if batch == 0 or max_query_len == 0 or q.shape[0] == 0:
+        return out
+    interpreted = q.device.type == "cpu"
+    group = q.shape[1] // n_kv
+    rows, tokens = _tiles(group, max_query_len)
+    grid = (triton.cdiv(max_query_len, tokens), n_kv, batch)
+    kernel = _interpreted() if interpreted else cast(Any, _paged_attention_kernel)
+    with _interpreter_warnings() if interpreted else torch.cuda.device(q.device):
+        kernel[grid](
+            q,
+            k_cache,
+            v_cache,
+            out,
+            cu_query_lens,
+            context_lens,
+            block_tables,
+            scale * _LOG2E,
+            q.stride(0),
+            q.stride(1),
+            out.stride(0),
+            out.stride(1),
+            *k_cache.stride()[:3],
+            *v_cache.stride()[:3],
+            block_tables.stride(0),
+            GROUP=group,
+            HEAD_DIM=head_dim,
+            PAGE=k_cache.shape[1],
+            ROWS=rows,
+            TOKENS=tokens,
+            KEYS=_KEYS_INTERPRETED if interpreted else _KEYS,
+            PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            num_warps=4,
+        )
+    return out
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cu_query_lens: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float,
+    max_query_len: int,
+    out: torch.Tensor | None = None,
+    *,
+    backend: Literal["auto", "triton", "torch"] = "auto",
+) -> torch.Tensor:
+    """Causal GQA of the step's query tokens ``q [T, Hq, D]`` over the paged cache -> [T, Hq, D].
+
+    Query token ``i`` of sequence ``b`` sits at position ``context_lens[b] - q_len_b + i`` and
+    sees that sequence's keys at positions up to its own; q head ``h`` reads kv head
+    ``h // (Hq // Hkv)``. Softmax in float32, result in q's dtype (into ``out`` when given).
+    Sequences with query length 0 (padding rows) are skipped without reading their block table.
+    ``backend`` "auto" takes the Triton kernel for CUDA tensors when triton is installed and the
+    torch reference otherwise; "triton" on CPU tensors runs the kernel in Triton's interpreter.
+    """
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    use_triton = backend == "triton" or (backend == "auto" and HAS_TRITON and q.is_cuda)
+    run = paged_attention_triton if use_triton else paged_attention_reference
+    args = (cu_query_lens, context_lens, block_tables, scale, max_query_len, out)
+    return run(q, k_cache, v_cache, *args)

@@ -1,0 +1,339 @@
+"""The generation engine: continuous batching on the native scheduler, one loop thread per engine.
+
+Callers on any asyncio loop ``stream()`` a sequence's tokens; the engine's thread runs steps: it
+schedules (natively), runs the model, samples, and hands each step's new tokens to the callers'
+loops with one wake-up per loop per step. Python touches each step, never each token's scheduling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from stoker._native import Scheduler
+from stoker.generate._config import DecoderConfig, read_config
+from stoker.generate._model import Decoder, load_weights
+from stoker.generate._runner import ModelRunner
+from stoker.generate._sampling import RowSampling
+from stoker.generate._types import (
+    GenerationChunk,
+    GenerationError,
+    GeneratorStats,
+    SamplingOptions,
+)
+
+__all__ = ["GenerateEngine"]
+
+_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+@dataclass(eq=False)
+class _Request:
+    prompt: list[int]
+    options: SamplingOptions
+    loop: asyncio.AbstractEventLoop | None  # None: an offline request, waited on by `done`
+    chunks: asyncio.Queue[GenerationChunk | BaseException] = field(default_factory=asyncio.Queue)
+    generated: list[int] = field(default_factory=list)
+    cached: int = -1  # prompt tokens the prefix cache held; known at the first schedule
+    done: threading.Event = field(default_factory=threading.Event)
+    finish: str | None = None
+    error: BaseException | None = None
+
+
+def _kv_bytes_per_block(cfg: DecoderConfig, block_size: int, dtype: torch.dtype) -> int:
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * element
+
+
+class GenerateEngine:
+    """A decoder model from a local folder behind continuous batching.
+
+    ``num_blocks`` fixes the KV cache's size; by default it takes ``kv_cache_fraction`` of the
+    GPU memory left after the weights (on CPU: room for every sequence at full length, at most
+    ``cpu_kv_bytes``).
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int = 8192,
+        max_model_len: int | None = None,
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        kv_cache_fraction: float = 0.8,
+        cpu_kv_bytes: int = 1 << 29,
+        cuda_graphs: bool = True,
+        name: str | None = None,
+        decoder: Decoder | None = None,
+    ) -> None:
+        self.model_folder = Path(model)
+        self.model_name = name or self.model_folder.name
+        self.config = read_config(self.model_folder) if decoder is None else decoder.cfg
+        cfg = self.config
+        if dtype is None:
+            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        self.max_model_len = min(
+            max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
+        )
+        if decoder is None:
+            decoder = Decoder(cfg, dtype, device)
+            load_weights(decoder, self.model_folder)
+        self.decoder = decoder
+        self.eos_token_ids = cfg.eos_token_ids
+        self.tokenizer = self._tokenizer()
+        if num_blocks is None:
+            per_block = _kv_bytes_per_block(cfg, block_size, dtype)
+            if decoder.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(decoder.device)
+                budget = int(free * kv_cache_fraction)
+            else:
+                need = max_num_seqs * -(-self.max_model_len // block_size) * per_block
+                budget = min(cpu_kv_bytes, need)
+            num_blocks = max(budget // per_block, 1)
+        self.num_blocks = num_blocks
+        self.max_num_seqs = max_num_seqs
+        self.scheduler = Scheduler(
+            num_blocks, block_size, max(max_num_batched_tokens, max_num_seqs), max_num_seqs
+        )
+        self.runner = ModelRunner(
+            decoder, num_blocks, block_size, max_num_seqs, self.max_model_len, cuda_graphs
+        )
+        self._ids = itertools.count()
+        self._requests: dict[int, _Request] = {}
+        self._inbox: list[tuple[int, _Request]] = []
+        self._aborts: list[int] = []
+        self._cv = threading.Condition()
+        self._closing = False
+        self._counts = defaultdict(int)  # type: defaultdict[str, int]
+        self._thread = threading.Thread(target=self._loop, name="stoker-generate", daemon=True)
+        self._thread.start()
+
+    def _tokenizer(self) -> object | None:
+        path = self.model_folder / "tokenizer.json"
+        if not path.is_file():
+            return None
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(path))
+
+    # -- callers -----------------------------------------------------------------------------
+
+    def _check(self, prompt_ids: Sequence[int], options: SamplingOptions) -> list[int]:
+        options.check()
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise GenerationError("the prompt is empty")
+        if min(prompt) < 0 or max(prompt) >= self.config.vocab_size:
+            raise GenerationError(f"prompt token ids must be in [0, {self.config.vocab_size})")
+        if len(prompt) + options.max_tokens > self.max_model_len:
+            raise GenerationError(
+                f"the prompt ({len(prompt)} tokens) plus max_tokens ({options.max_tokens}) "
+                f"exceeds the model's {self.max_model_len}-token context"
+            )
+        return prompt
+
+    def _submit(self, request: _Request) -> int:
+        seq = next(self._ids)
+        with self._cv:
+            if self._closing:
+                raise RuntimeError("the engine is closed")
+            self._inbox.append((seq, request))
+            self._cv.notify()
+        return seq
+
+    def _abort(self, seq: int) -> None:
+        with self._cv:
+            self._aborts.append(seq)
+            self._cv.notify()
+
+    async def stream(
+        self, prompt_ids: Sequence[int], options: SamplingOptions
+    ) -> AsyncIterator[GenerationChunk]:
+        prompt = self._check(prompt_ids, options)
+        request = _Request(prompt, options, asyncio.get_running_loop())
+        seq = self._submit(request)
+        try:
+            while True:
+                item = await request.chunks.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if request.finish is None:
+                self._abort(seq)
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], options: SamplingOptions | Sequence[SamplingOptions]
+    ) -> list[list[int]]:
+        """Offline: every prompt's generated tokens, all submitted at once (blocks the caller)."""
+        each = [options] * len(prompts) if isinstance(options, SamplingOptions) else options
+        if len(each) != len(prompts):
+            raise GenerationError(f"{len(prompts)} prompts but {len(each)} sampling options")
+        pairs = zip(prompts, each, strict=True)
+        requests = [_Request(self._check(p, o), o, None) for p, o in pairs]
+        for request in requests:
+            self._submit(request)
+        for request in requests:
+            request.done.wait()
+            if request.error is not None:
+                raise request.error
+        return [r.generated for r in requests]
+
+    def stats(self) -> GeneratorStats:
+        s = self.scheduler
+        return GeneratorStats(
+            running=s.num_running,
+            waiting=s.num_waiting,
+            kv_blocks=self.num_blocks,
+            kv_blocks_free=s.num_free_blocks,
+            prefix_hit_blocks=s.prefix_hits,
+            prefix_miss_blocks=s.prefix_misses,
+            steps=self._counts["steps"],
+            prompt_tokens=self._counts["prompt_tokens"],
+            generated_tokens=self._counts["generated_tokens"],
+            preemptions=self._counts["preemptions"],
+        )
+
+    def close(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while self._take():
+                if self.scheduler.num_running or self.scheduler.num_waiting:
+                    self._step()
+        except BaseException as e:  # the loop must never die silently with callers waiting
+            for request in self._requests.values():
+                self._deliver({request: ([], None)}, error=e)
+            raise
+        closed = RuntimeError("the engine closed")
+        for request in list(self._requests.values()):
+            self._deliver({request: ([], None)}, error=closed)
+
+    def _take(self) -> bool:
+        """Admits new requests and aborts; False once closing."""
+        s = self.scheduler
+        with self._cv:
+            while not (
+                self._closing or self._inbox or self._aborts or s.num_running or s.num_waiting
+            ):
+                self._cv.wait()
+            if self._closing:
+                return False
+            inbox, self._inbox = self._inbox, []
+            aborts, self._aborts = self._aborts, []
+        for seq, request in inbox:
+            o = request.options
+            eos = () if o.ignore_eos else self.eos_token_ids
+            try:
+                s.add(
+                    seq,
+                    request.prompt,
+                    o.max_tokens,
+                    eos[0] if eos else None,
+                    [*eos[1:], *o.stop_token_ids],
+                )
+            except ValueError as e:
+                self._deliver({request: ([], None)}, error=GenerationError(str(e)))
+                continue
+            self._requests[seq] = request
+            self._counts["prompt_tokens"] += len(request.prompt)
+        for seq in aborts:
+            if self._requests.pop(seq, None) is not None:
+                s.abort(seq)
+        return True
+
+    def _step(self) -> None:
+        step = self.scheduler.schedule()
+        self._counts["preemptions"] += len(step.preempted)
+        seq_ids = step.seq_ids
+        if len(seq_ids) == 0:
+            return
+        sample = step.sample
+        rows: npt.NDArray[np.int64]
+        if len(sample) == len(seq_ids):
+            rows = np.arange(len(seq_ids), dtype=np.int64)
+        else:
+            where = {int(s): i for i, s in enumerate(seq_ids.tolist())}
+            rows = np.array([where[int(s)] for s in sample.tolist()], dtype=np.int64)
+        for seq, ctx, q in zip(
+            seq_ids.tolist(), step.context_lens.tolist(), step.query_lens.tolist(), strict=True
+        ):
+            request = self._requests[seq]
+            if request.cached < 0:
+                request.cached = ctx - q
+        sampled_requests = [self._requests[s] for s in sample.tolist()]
+        sampling = [
+            RowSampling(
+                r.options.temperature,
+                r.options.top_p,
+                r.options.top_k,
+                r.options.seed,
+                len(r.generated),
+            )
+            for r in sampled_requests
+        ]
+        tokens = self.runner.step(step, rows, sampling) if sampling else []
+        if not sampling:
+            self.runner.logits(step, rows)
+        finished = {seq: reason for seq, _, reason in self.scheduler.update(tokens)}
+        self._counts["steps"] += 1
+        self._counts["generated_tokens"] += len(tokens)
+        out: dict[_Request, tuple[list[int], str | None]] = {}
+        for seq, request, token in zip(sample.tolist(), sampled_requests, tokens, strict=True):
+            request.generated.append(token)
+            reason = finished.get(seq)
+            if reason is not None:
+                del self._requests[seq]
+            out[request] = ([token], _REASONS[reason] if reason else None)
+        self._deliver(out)
+
+    def _deliver(
+        self,
+        updates: dict[_Request, tuple[list[int], str | None]],
+        error: BaseException | None = None,
+    ) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, GenerationChunk]]] = (
+            defaultdict(list)
+        )
+        for request, (tokens, reason) in updates.items():
+            if error is not None:
+                request.error, request.finish = error, "abort"
+            elif reason is not None:
+                request.finish = reason
+            if request.finish is not None:
+                request.done.set()
+            if request.loop is None:
+                continue
+            chunk = GenerationChunk(tokens, reason, len(request.prompt), max(request.cached, 0))  # type: ignore[arg-type]
+            by_loop[request.loop].append((request, chunk))
+        for loop, items in by_loop.items():
+            # A closed loop raises RuntimeError: that caller is gone and nobody waits any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_hand_out, items, error)
+
+
+def _hand_out(items: list[tuple[_Request, GenerationChunk]], error: BaseException | None) -> None:
+    for request, chunk in items:
+        request.chunks.put_nowait(error if error is not None else chunk)

@@ -1,0 +1,193 @@
+"""Runs scheduler steps on the model: the step's arrays to the device, the forward pass, sampling.
+
+Steps that only decode run as CUDA graph replays, one graph per batch-size bucket, padded to the
+bucket: padding rows decode a dummy token into a scratch block that no sequence owns, so they
+never touch live KV. Every other step (prefill chunks, mixed steps) runs eagerly. A step's
+integer arrays travel to the device in one copy from a pinned staging buffer.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+
+from stoker._native import SchedulerStep
+from stoker.generate._model import Decoder, KVCache, StepBatch
+from stoker.generate._sampling import RowSampling, sample
+
+__all__ = ["ModelRunner", "graph_buckets"]
+
+
+def graph_buckets(max_num_seqs: int) -> list[int]:
+    """Decode batch sizes that get a graph: 1, 2, 4, 8, then every 16 up to max_num_seqs."""
+    sizes = [b for b in (1, 2, 4, 8) if b < max_num_seqs]
+    sizes += list(range(16, max_num_seqs, 16))
+    return [*sizes, max_num_seqs]
+
+
+class _Graph:
+    def __init__(self, graph: torch.cuda.CUDAGraph, logits: Tensor) -> None:
+        self.graph, self.logits = graph, logits
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: Decoder,
+        num_blocks: int,
+        block_size: int,
+        max_num_seqs: int,
+        max_model_len: int,
+        cuda_graphs: bool = True,
+    ) -> None:
+        self.model, self.block_size = model, block_size
+        self.device = model.device
+        # One block past the scheduler's: the scratch block of graph padding rows.
+        self.scratch = num_blocks
+        self.cache: KVCache = model.new_cache(num_blocks + 1, block_size)
+        self.width = -(-max_model_len // block_size)
+        self.max_num_seqs = max_num_seqs
+        pin = self.device.type == "cuda"
+        self._staging = torch.empty(1 << 16, dtype=torch.int64, pin_memory=pin)
+        self.graphs: dict[int, _Graph] = {}
+        self.buckets: list[int] = []
+        if cuda_graphs and self.device.type == "cuda":
+            self._capture(graph_buckets(max_num_seqs))
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def _upload(self, parts: Sequence[npt.NDArray[np.int64]]) -> list[Tensor]:
+        """The arrays on the device (int64), through one staging copy."""
+        total = sum(p.size for p in parts)
+        if total > self._staging.numel():
+            self._staging = torch.empty(
+                max(total, 2 * self._staging.numel()),
+                dtype=torch.int64,
+                pin_memory=self.device.type == "cuda",
+            )
+        host = self._staging.numpy()
+        offset = 0
+        for p in parts:
+            host[offset : offset + p.size] = p.reshape(-1)
+            offset += p.size
+        flat = self._staging[:total].to(self.device, non_blocking=True)
+        out, offset = [], 0
+        for p in parts:
+            out.append(flat[offset : offset + p.size].view(p.shape))
+            offset += p.size
+        return out
+
+    def _batch(self, step: SchedulerStep, rows: npt.NDArray[np.int64]) -> StepBatch:
+        query_lens = step.query_lens.astype(np.int64)
+        cu = np.zeros(len(query_lens) + 1, dtype=np.int64)
+        np.cumsum(query_lens, out=cu[1:])
+        ids, pos, slots, cu_t, ctx, tables, logits_rows = self._upload(
+            [
+                step.input_ids.astype(np.int64),
+                step.positions,
+                step.slot_mapping,
+                cu,
+                step.context_lens.astype(np.int64),
+                step.block_tables.astype(np.int64),
+                cu[rows + 1] - 1,
+            ]
+        )
+        return StepBatch(
+            ids,
+            pos,
+            slots,
+            cu_t.int(),
+            ctx.int(),
+            tables.int(),
+            logits_rows,
+            int(query_lens.max(initial=0)),
+        )
+
+    def _decode_arrays(self, step: SchedulerStep, bucket: int) -> list[npt.NDArray[np.int64]]:
+        """A decode-only step's arrays padded to ``bucket`` rows and the full table width."""
+        n = len(step.query_lens)
+        ids = np.zeros(bucket, dtype=np.int64)
+        ids[:n] = step.input_ids
+        pos = np.zeros(bucket, dtype=np.int64)
+        pos[:n] = step.positions
+        slots = np.full(bucket, self.scratch * self.block_size, dtype=np.int64)
+        slots[:n] = step.slot_mapping
+        ctx = np.ones(bucket, dtype=np.int64)
+        ctx[:n] = step.context_lens
+        tables = np.full((bucket, self.width), -1, dtype=np.int64)
+        tables[n:, 0] = self.scratch
+        src = step.block_tables
+        tables[:n, : src.shape[1]] = src
+        return [ids, pos, slots, ctx, tables]
+
+    # -- graphs ------------------------------------------------------------------------------
+
+    def _capture(self, buckets: list[int]) -> None:
+        top = buckets[-1]
+        self._static = [
+            torch.zeros(top, dtype=torch.int64, device=self.device),  # ids
+            torch.zeros(top, dtype=torch.int64, device=self.device),  # positions
+            torch.full((top,), self.scratch * self.block_size, device=self.device),  # slots
+            torch.ones(top, dtype=torch.int64, device=self.device),  # context lens
+            torch.full((top, self.width), self.scratch, device=self.device),  # tables
+        ]
+        cu = torch.arange(top + 1, dtype=torch.int32, device=self.device)
+        rows = torch.arange(top, dtype=torch.int64, device=self.device)
+        pool = torch.cuda.graph_pool_handle()
+        for bucket in sorted(buckets, reverse=True):
+            ids, pos, slots, ctx, tables = (s[:bucket] for s in self._static)
+            batch = StepBatch(
+                ids, pos, slots, cu[: bucket + 1], ctx.int(), tables.int(), rows[:bucket], 1
+            )
+            self.model(batch, self.cache)  # compiles kernels and settles the allocator
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                # The casts are inside the graph so that replays read the static int64 inputs.
+                batch.context_lens = ctx.int()
+                batch.block_tables = tables.int()
+                logits = self.model(batch, self.cache)
+            self.graphs[bucket] = _Graph(graph, logits)
+        self.buckets = sorted(self.graphs)
+        torch.cuda.synchronize()
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def copy_blocks(self, copies: npt.NDArray[np.int32]) -> None:
+        if len(copies) == 0:
+            return
+        src = torch.from_numpy(copies[:, 0].astype(np.int64)).to(self.device)
+        dst = torch.from_numpy(copies[:, 1].astype(np.int64)).to(self.device)
+        for k_cache, v_cache in self.cache:
+            k_cache[dst] = k_cache[src]
+            v_cache[dst] = v_cache[src]
+
+    def logits(self, step: SchedulerStep, rows: npt.NDArray[np.int64]) -> Tensor:
+        """Float32 logits of the step's ``rows`` (indices into its sequences), (len(rows), V)."""
+        self.copy_blocks(step.copies)
+        n = len(step.query_lens)
+        decode_only = len(step.input_ids) == n and len(rows) == n
+        if decode_only and self.buckets and n <= self.buckets[-1]:
+            bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
+            for static, value in zip(
+                self._static, self._upload(self._decode_arrays(step, bucket)), strict=True
+            ):
+                static[:bucket].copy_(value)
+            graph = self.graphs[bucket]
+            graph.graph.replay()
+            return graph.logits[:n]
+        logits: Tensor = self.model(self._batch(step, rows), self.cache)
+        return logits
+
+    def step(
+        self, step: SchedulerStep, rows: npt.NDArray[np.int64], sampling: Sequence[RowSampling]
+    ) -> list[int]:
+        """The sampled token of each of the step's ``rows``."""
+        tokens = sample(self.logits(step, rows), sampling)
+        picked: list[int] = tokens.tolist()
+        return picked

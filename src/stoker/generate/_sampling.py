@@ -1,0 +1,75 @@
+"""Picks each sequence's next token from its logits: greedy, or temperature with top-k / top-p.
+
+All rows of a step are sampled together on the device. Sampling draws exponential noise and takes
+the argmax of probability over noise (the exponential race), which samples exactly from the
+distribution without a cumulative sum per row. A row with a seed draws its noise from its own
+generator keyed by the seed and the token's index, so its tokens do not depend on its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["RowSampling", "sample"]
+
+_MIX = 0x9E3779B97F4A7C15  # spreads consecutive token indices over the seed space
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    index: int
+    """How many tokens the sequence generated before this one."""
+
+
+def _filter_top_k(logits: Tensor, ks: Sequence[int]) -> Tensor:
+    vocab = logits.shape[-1]
+    k = torch.tensor([k if 0 < k < vocab else vocab for k in ks], device=logits.device)
+    kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _filter_top_p(logits: Tensor, ps: Sequence[float]) -> Tensor:
+    p = torch.tensor(ps, device=logits.device, dtype=torch.float32).unsqueeze(1)
+    ordered, order = logits.sort(dim=-1, descending=True)
+    probs = ordered.softmax(dim=-1)
+    # A token stays when the mass before it is under p, so the most likely one always stays.
+    drop = (probs.cumsum(dim=-1) - probs) >= p
+    ordered = ordered.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, ordered)
+
+
+def _noise(shape: tuple[int, int], rows: Sequence[RowSampling], device: torch.device) -> Tensor:
+    noise = torch.empty(shape, device=device).exponential_()
+    for i, row in enumerate(rows):
+        if row.seed is not None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed((row.seed * _MIX + row.index) % (1 << 63))
+            noise[i] = torch.empty(shape[1], device=device).exponential_(generator=gen)
+    return noise
+
+
+def sample(logits: Tensor, rows: Sequence[RowSampling]) -> Tensor:
+    """One token id (int64, on the logits' device) per row of float32 ``logits`` (N, vocab)."""
+    greedy = logits.argmax(dim=-1)
+    if all(r.temperature == 0.0 for r in rows):
+        return greedy
+    temps = torch.tensor(
+        [r.temperature if r.temperature > 0 else 1.0 for r in rows], device=logits.device
+    )
+    scaled = logits / temps.unsqueeze(1)
+    if any(r.top_k > 0 for r in rows):
+        scaled = _filter_top_k(scaled, [r.top_k for r in rows])
+    if any(r.top_p < 1.0 for r in rows):
+        scaled = _filter_top_p(scaled, [r.top_p for r in rows])
+    probs = scaled.softmax(dim=-1)
+    drawn = (probs / _noise(tuple(probs.shape), rows, logits.device)).argmax(dim=-1)  # type: ignore[arg-type]
+    is_greedy = torch.tensor([r.temperature == 0.0 for r in rows], device=logits.device)
+    return torch.where(is_greedy, greedy, drawn)

@@ -1,0 +1,220 @@
+"""The generation engine against Hugging Face transformers on tiny random-weight models.
+
+Greedy decoding must give the reference's tokens exactly, also when the scheduler chunks prompts,
+preempts sequences and serves prefixes from the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+pytest.importorskip("safetensors")
+
+from _tiny_llm import build_model  # noqa: E402
+
+from stoker.generate import (  # noqa: E402
+    GenerateEngine,
+    GenerationChunk,
+    GenerationError,
+    SamplingOptions,
+    read_config,
+)
+
+GREEDY = SamplingOptions(max_tokens=20, temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model(tmp_path_factory.mktemp("llama"), "llama", seed=1)
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model(tmp_path_factory.mktemp("qwen3"), "qwen3", seed=2, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model(tmp_path_factory.mktemp("qwen2"), "qwen2", seed=3)
+
+
+def _prompts(n: int, seed: int, lengths: tuple[int, int] = (3, 60)) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(lengths[0], lengths[1], (n,), generator=g).tolist()
+    return [torch.randint(3, 300, (s,), generator=g).tolist() for s in sizes]
+
+
+def _reference(folder: Path, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    out = []
+    for p in prompts:
+        ids = model.generate(
+            torch.tensor([p]),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        out.append(ids[0, len(p) :].tolist())
+    return out
+
+
+@pytest.fixture
+def engine_of() -> Iterator[Any]:
+    engines: list[GenerateEngine] = []
+
+    def make(folder: Path, **kwargs: Any) -> GenerateEngine:
+        engines.append(GenerateEngine(folder, **kwargs))
+        return engines[-1]
+
+    yield make
+    for e in engines:
+        e.close()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "qwen2"])
+def test_greedy_matches_transformers(
+    family: str, request: pytest.FixtureRequest, engine_of: Any
+) -> None:
+    folder = request.getfixturevalue(family)
+    prompts = _prompts(6, seed=7)
+    engine = engine_of(folder, max_num_seqs=4)
+    assert engine.generate(prompts, GREEDY) == _reference(folder, prompts, GREEDY.max_tokens)
+
+
+def test_greedy_survives_chunking_and_preemption(llama: Path, engine_of: Any) -> None:
+    prompts = _prompts(8, seed=11, lengths=(20, 90))
+    # 24 blocks of 8 tokens cannot hold eight sequences of up to 110 tokens at once, and a
+    # 32-token budget splits every long prompt into chunks.
+    engine = engine_of(
+        llama, max_num_seqs=6, block_size=8, num_blocks=24, max_num_batched_tokens=32
+    )
+    got = engine.generate(prompts, GREEDY)
+    stats = engine.stats()
+    assert stats.preemptions > 0
+    assert stats.kv_blocks_free == stats.kv_blocks == 24
+    assert got == _reference(llama, prompts, GREEDY.max_tokens)
+
+
+def test_prefix_cache_hits_keep_outputs(llama: Path, engine_of: Any) -> None:
+    system = _prompts(1, seed=3, lengths=(64, 65))[0]
+    prompts = [system + tail for tail in _prompts(4, seed=5, lengths=(2, 12))]
+    engine = engine_of(llama, max_num_seqs=4, block_size=16)
+    first = engine.generate(prompts[:1], GREEDY)
+    rest = engine.generate(prompts[1:], GREEDY)
+    assert engine.stats().prefix_hit_blocks >= 3 * 4
+    assert first + rest == _reference(llama, prompts, GREEDY.max_tokens)
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(llama: Path, engine_of: Any) -> None:
+    engine = engine_of(llama, max_num_seqs=8)
+    prompt = _prompts(1, seed=9)[0]
+    seeded = SamplingOptions(max_tokens=16, temperature=1.5, seed=1234, ignore_eos=True)
+    alone = engine.generate([prompt], seeded)[0]
+    others = [
+        SamplingOptions(max_tokens=16, temperature=1.5, seed=s, ignore_eos=True) for s in (1, 2, 3)
+    ]
+    crowd = engine.generate([prompt, prompt, prompt, prompt], [seeded, *others])
+    assert crowd[0] == alone
+    assert len({tuple(t) for t in crowd}) > 1  # other seeds draw other tokens
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(qwen3: Path, engine_of: Any) -> None:
+    engine = engine_of(qwen3, max_num_seqs=4)
+    prompts = _prompts(2, seed=13)
+    greedy = engine.generate(prompts, GREEDY)
+    for options in (
+        SamplingOptions(max_tokens=20, temperature=2.0, top_k=1, ignore_eos=True),
+        SamplingOptions(max_tokens=20, temperature=2.0, top_p=1e-6, ignore_eos=True),
+    ):
+        assert engine.generate(prompts, options) == greedy
+
+
+def test_stop_token_and_eos_finish(llama: Path, engine_of: Any) -> None:
+    engine = engine_of(llama, max_num_seqs=4)
+    prompt = _prompts(1, seed=17)[0]
+    tokens = engine.generate([prompt], GREEDY)[0]
+    stop = tokens[5]
+    options = SamplingOptions(20, 0.0, stop_token_ids=(stop,), ignore_eos=True)
+    cut = engine.generate([prompt], options)[0]
+    assert cut == tokens[: tokens.index(stop) + 1]
+
+    async def stream(options: SamplingOptions) -> list[GenerationChunk]:
+        return [c async for c in engine.stream(prompt, options)]
+
+    chunks = asyncio.run(stream(options))
+    assert [t for c in chunks for t in c.token_ids] == cut
+    assert chunks[-1].finish_reason == "stop"
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    assert chunks[0].prompt_tokens == len(prompt)
+    chunks = asyncio.run(stream(SamplingOptions(4, 0.0, ignore_eos=True)))
+    assert [t for c in chunks for t in c.token_ids] == tokens[:4]
+    assert chunks[-1].finish_reason == "length"
+
+
+def test_every_eos_id_of_the_generation_config_stops(
+    llama: Path, tmp_path: Path, engine_of: Any
+) -> None:
+    prompt = _prompts(1, seed=17)[0]
+    tokens = engine_of(llama, max_num_seqs=2).generate([prompt], GREEDY)[0]
+    eos = tokens[4]
+    folder = tmp_path / "model"
+    shutil.copytree(llama, folder)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, eos]}))
+    engine = engine_of(folder, max_num_seqs=2)
+    assert engine.eos_token_ids == (2, eos)
+    assert engine.generate([prompt], SamplingOptions(20, 0.0)) == [tokens[: tokens.index(eos) + 1]]
+    assert engine.generate([prompt], GREEDY) == [tokens]  # ignore_eos runs on
+
+
+def test_leaving_a_stream_aborts_and_frees_blocks(llama: Path, engine_of: Any) -> None:
+    engine = engine_of(llama, max_num_seqs=4, block_size=8)
+
+    async def take_three() -> list[int]:
+        got: list[int] = []
+        options = SamplingOptions(max_tokens=400, temperature=0.0, ignore_eos=True)
+        async for chunk in engine.stream(_prompts(1, seed=19, lengths=(40, 41))[0], options):
+            got += chunk.token_ids
+            if len(got) >= 3:
+                break
+        return got
+
+    assert len(asyncio.run(take_three())) == 3
+    for _ in range(200):
+        stats = engine.stats()
+        if stats.running == 0 and stats.kv_blocks_free == stats.kv_blocks:
+            break
+        asyncio.run(asyncio.sleep(0.01))
+    assert stats.running == 0 and stats.kv_blocks_free == stats.kv_blocks
+
+
+def test_bad_requests_are_refused(llama: Path, engine_of: Any) -> None:
+    engine = engine_of(llama, max_num_seqs=2, max_model_len=128)
+    with pytest.raises(GenerationError, match="exceeds"):
+        engine.generate([[5] * 100], SamplingOptions(max_tokens=40))
+    with pytest.raises(GenerationError, match="empty"):
+        engine.generate([[]], SamplingOptions())
+    with pytest.raises(GenerationError, match="token ids"):
+        engine.generate([[10**6]], SamplingOptions())
+    with pytest.raises(GenerationError, match="top_p"):
+        engine.generate([[5]], SamplingOptions(top_p=0.0))
+    # The engine still serves after refusing.
+    assert len(engine.generate([[5, 6, 7]], SamplingOptions(max_tokens=3, ignore_eos=True))[0]) == 3
+
+
+def test_unsupported_models_are_named(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(GenerationError, match="gpt2"):
+        read_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        read_config(tmp_path / "missing")
