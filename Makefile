@@ -84,6 +84,7 @@ bench-native: $(STAMPS)/system
 	  -DSTOKER_BUILD_BENCHMARKS=ON -DCMAKE_MAKE_PROGRAM=$(abspath .venv/bin/ninja) > /dev/null
 	cmake --build build/bench -j 2
 	build/bench/bench_batcher
+	build/bench/bench_scheduler
 
 # Coverage-guided fuzzing of the native parsers and decoders (docs/fuzzing.md): a long run on
 # demand that saves minimized crashes under csrc/fuzz/regressions/, and a short one for CI that
