@@ -53,11 +53,10 @@ int64_t Scheduler::room(SeqId seq) const {
 }
 
 template <typename Fits>
-bool Scheduler::make_room(SeqId seq, Fits fits, const std::unordered_set<SeqId>& scheduled,
-                          SchedulerStep& out) {
+bool Scheduler::make_room(SeqId seq, Fits fits, SchedulerStep& out) {
   while (!fits()) {
     auto victim = std::find_if(running_.rbegin(), running_.rend(),
-                               [&](SeqId s) { return scheduled.count(s) == 0; });
+                               [&](SeqId s) { return seqs_.at(s).scheduled_in != steps_; });
     const SeqId v = *victim;  // `seq` itself is unscheduled, so there is one
     blocks_.free(v);
     running_.erase(std::next(victim).base());
@@ -70,24 +69,27 @@ bool Scheduler::make_room(SeqId seq, Fits fits, const std::unordered_set<SeqId>&
   return true;
 }
 
-void Scheduler::emit(SeqId seq, int64_t from, int64_t to, SchedulerStep& out) {
-  const Seq& s = seqs_.at(seq);
-  std::vector<int64_t> positions;
+void Scheduler::emit(SeqId seq, Seq& s, int64_t from, int64_t to, SchedulerStep& out) {
+  // Every position in [from, to) got its slot from the block manager just before, so the block
+  // table covers it; the slots are computed here rather than looked up one vector at a time.
+  const std::vector<BlockId>& table = blocks_.block_table(seq);
+  const int64_t bs = blocks_.block_size();
   for (int64_t p = from; p < to; ++p) {
     out.input_ids.push_back(s.tokens[size_t(p)]);
-    positions.push_back(p);
+    out.positions.push_back(p);
+    out.slot_mapping.push_back(int64_t(table[size_t(p / bs)]) * bs + p % bs);
   }
-  const std::vector<int64_t> slots = blocks_.slot_mapping(seq, positions);
-  out.positions.insert(out.positions.end(), positions.begin(), positions.end());
-  out.slot_mapping.insert(out.slot_mapping.end(), slots.begin(), slots.end());
   out.seqs.push_back({seq, int32_t(to - from), int32_t(to)});
   if (!s.prefilling) out.sample.push_back(seq);
+  s.scheduled_in = steps_;
 }
 
 SchedulerStep Scheduler::schedule() {
   check_idle("schedule()");
+  ++steps_;
   SchedulerStep out;
-  std::unordered_set<SeqId> scheduled;
+  out.seqs.reserve(running_.size());
+  out.sample.reserve(running_.size());
   int64_t budget = max_tokens_;
   auto append = [&](SeqId seq, TokenId token) {
     AppendResult r = blocks_.append_slot(seq, token);
@@ -97,25 +99,24 @@ SchedulerStep Scheduler::schedule() {
 
   for (size_t i = 0; i < running_.size(); ++i) {
     const SeqId seq = running_[i];
-    if (seqs_.at(seq).prefilling) continue;
-    if (!make_room(seq, [&] { return blocks_.can_append(seq); }, scheduled, out)) break;
+    Seq& s = seqs_.at(seq);
+    if (s.prefilling) continue;
+    if (!make_room(seq, [&] { return blocks_.can_append(seq); }, out)) break;
     const int64_t n = blocks_.num_tokens(seq);
-    append(seq, seqs_.at(seq).tokens[size_t(n)]);
-    emit(seq, n, n + 1, out);
-    scheduled.insert(seq);
+    append(seq, s.tokens[size_t(n)]);
+    emit(seq, s, n, n + 1, out);
     --budget;
   }
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     const SeqId seq = running_[i];
     Seq& s = seqs_.at(seq);
     if (!s.prefilling) continue;
-    if (!make_room(seq, [&] { return room(seq) > 0; }, scheduled, out)) break;
+    if (!make_room(seq, [&] { return room(seq) > 0; }, out)) break;
     const int64_t done = blocks_.num_tokens(seq);
     const int64_t chunk = std::min({int64_t(s.prefill_target) - done, budget, room(seq)});
     for (int64_t p = done; p < done + chunk; ++p) append(seq, s.tokens[size_t(p)]);
     s.prefilling = done + chunk < int64_t(s.prefill_target);
-    emit(seq, done, done + chunk, out);
-    scheduled.insert(seq);
+    emit(seq, s, done, done + chunk, out);
     budget -= chunk;
   }
   while (out.preempted.empty() && budget > 0 && !waiting_.empty() &&
@@ -130,14 +131,14 @@ SchedulerStep Scheduler::schedule() {
     s.prefill_target = s.tokens.size();
     s.prefilling = n < int64_t(s.prefill_target);
     const int64_t done = std::min(*cached, n - 1);
-    emit(seq, done, n, out);
-    scheduled.insert(seq);
+    emit(seq, s, done, n, out);
     budget -= n - done;
   }
 
   for (const ScheduledSeq& row : out.seqs) {
     out.table_width = std::max(out.table_width, int64_t(blocks_.block_table(row.seq).size()));
   }
+  out.block_tables.reserve(out.seqs.size() * size_t(out.table_width));
   for (const ScheduledSeq& row : out.seqs) {
     const std::vector<BlockId>& table = blocks_.block_table(row.seq);
     out.block_tables.insert(out.block_tables.end(), table.begin(), table.end());

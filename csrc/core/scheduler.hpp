@@ -45,7 +45,6 @@
 #include <optional>
 #include <span>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "core/kv_blocks.hpp"
@@ -114,6 +113,7 @@ class Scheduler {
     SamplingParams params;
     size_t prefill_target = 0;  // tokens to prefill since the last admission
     bool prefilling = true;
+    uint64_t scheduled_in = 0;  // the step that last scheduled it (steps count from 1)
   };
 
   void check_idle(const char* what) const;
@@ -121,9 +121,8 @@ class Scheduler {
   int64_t room(SeqId seq) const;
   // Preempts until fits() holds; false when `seq` itself was preempted.
   template <typename Fits>
-  bool make_room(SeqId seq, Fits fits, const std::unordered_set<SeqId>& scheduled,
-                 SchedulerStep& out);
-  void emit(SeqId seq, int64_t from, int64_t to, SchedulerStep& out);
+  bool make_room(SeqId seq, Fits fits, SchedulerStep& out);
+  void emit(SeqId seq, Seq& s, int64_t from, int64_t to, SchedulerStep& out);
 
   KVBlockManager blocks_;
   int64_t max_tokens_;
@@ -132,6 +131,7 @@ class Scheduler {
   std::deque<SeqId> waiting_;
   std::vector<SeqId> running_;  // admission order
   std::vector<SeqId> awaiting_;
+  uint64_t steps_ = 0;
 };
 
 }  // namespace stoker
