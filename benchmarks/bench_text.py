@@ -54,12 +54,13 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=32)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    parser.add_argument("--model", help="a model folder (default: the installed all-MiniLM-L6-v2)")
     args = parser.parse_args()
 
     from sentence_transformers import SentenceTransformer
 
     dtype = getattr(torch, args.dtype)
-    folder = default_model_dir()
+    folder = args.model or default_model_dir()
     sentences = sample_sentences(args.sentences, seed=7)
     words = [len(s.split()) for s in sentences]
     print(

@@ -7,7 +7,7 @@ Needs torch, safetensors and tokenizers (the ``generate`` extra).
 from stoker.generate._config import DecoderConfig, read_config
 from stoker.generate._engine import GenerateEngine
 from stoker.generate._model import Decoder, StepBatch, load_weights
-from stoker.generate._sampling import RowSampling, sample
+from stoker.generate._sampling import sample
 from stoker.generate._types import (
     FinishReason,
     GenerationChunk,
@@ -26,7 +26,6 @@ __all__ = [
     "GenerationError",
     "Generator",
     "GeneratorStats",
-    "RowSampling",
     "SamplingOptions",
     "StepBatch",
     "load_weights",

@@ -48,10 +48,6 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _LOG2E = 1.4426950408889634
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _INTS = (torch.int32, torch.int64)
-# Rows of a program's query tile (query tokens x q heads of one kv head) and keys per step of
-# its loop. A decode step has one token per sequence, so its tile is one group padded to 16 rows
-# (tl.dot's minimum); 64 keys per step keep several cache blocks' loads in flight.
-_ROWS_PREFILL, _KEYS = 64, 64
 # The interpreter pays per operation, not per element; small key steps still cross blocks.
 _KEYS_INTERPRETED = 32
 
@@ -102,6 +98,7 @@ def _paged_attention_kernel(
     TOKENS: tl.constexpr,
     KEYS: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ) -> None:
     """One (query tile, kv head, sequence): rows are TOKENS query tokens x GROUP q heads."""
     tile = tl.program_id(0)
@@ -122,6 +119,8 @@ def _paged_attention_kernel(
     dim = tl.arange(0, HEAD_DIM)
     q_offs = (q_start + token)[:, None] * sq_t + head[:, None] * sq_h + dim[None, :]
     q = tl.load(q_ptr + q_offs, mask=row_ok[:, None], other=0.0)
+    if UPCAST:  # Triton's interpreter multiplies bfloat16 operands as raw integers
+        q = q.to(tl.float32)
 
     # Keys past the tile's last query token are masked for every row: stop there.
     kv_end = ctx - q_len + tl.minimum(tile * TOKENS + TOKENS, q_len)
@@ -136,6 +135,8 @@ def _paged_attention_kernel(
         offset = n % PAGE
         k_offs = block[None, :] * sk_b + offset[None, :] * sk_o + kv_head * sk_h + dim[:, None]
         k = tl.load(k_ptr + k_offs, mask=n_ok[None, :], other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
         s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
         s = tl.where(n_ok[None, :] & (n[None, :] <= pos[:, None]), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.reduce(s, 1, _maximum))
@@ -146,6 +147,8 @@ def _paged_attention_kernel(
         l_i = l_i * alpha + tl.reduce(p, 1, _add)
         v_offs = block[:, None] * sv_b + offset[:, None] * sv_o + kv_head * sv_h + dim[None, :]
         v = tl.load(v_ptr + v_offs, mask=n_ok[:, None], other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
@@ -221,11 +224,14 @@ def _check(
         )
     if cu_query_lens.shape != (block_tables.shape[0] + 1,):
         raise ValueError(f"cu_query_lens must be [B + 1], got {tuple(cu_query_lens.shape)}")
-    for name, t in (("cu_query_lens", cu_query_lens), ("context_lens", context_lens)):
+    ints = {
+        "cu_query_lens": cu_query_lens,
+        "context_lens": context_lens,
+        "block_tables": block_tables,
+    }
+    for name, t in ints.items():
         if t.dtype not in _INTS:
             raise ValueError(f"{name} must be int32 or int64, got {t.dtype}")
-    if block_tables.dtype not in _INTS:
-        raise ValueError(f"block_tables must be int32 or int64, got {block_tables.dtype}")
     if isinstance(max_query_len, bool) or not isinstance(max_query_len, int) or max_query_len < 0:
         raise ValueError(f"max_query_len must be a non-negative int, got {max_query_len!r}")
     tensors = (k_cache, v_cache, cu_query_lens, context_lens, block_tables)
@@ -316,12 +322,17 @@ def paged_attention_reference(
     return out
 
 
-def _tiles(group: int, max_query_len: int) -> tuple[int, int]:
-    """(rows, query tokens) of a program's tile: whole groups, at least 16 rows for tl.dot."""
+def _tiles(
+    group: int, max_query_len: int, dtype: torch.dtype, head_dim: int
+) -> tuple[int, int, int]:
+    """(rows, query tokens, keys) of a program's step: whole groups, >= 16 rows for tl.dot."""
+    # Sized so that ptxas (sm_90) keeps the tiles in registers: wider elements or heads spill at
+    # 64 x 64. A decode tile is one group padded to 16 rows; its 64 keys keep 4 blocks in flight.
+    wide = max(16, (64 if dtype.itemsize == 2 else 32) * 128 // max(128, head_dim))
     rows = max(16, triton.next_power_of_2(group))
     if max_query_len > 1:
-        rows = max(rows, min(_ROWS_PREFILL, triton.next_power_of_2(max_query_len * group)))
-    return rows, rows // group
+        rows = max(rows, min(wide, triton.next_power_of_2(max_query_len * group)))
+    return rows, rows // group, wide
 
 
 def paged_attention_triton(
@@ -358,7 +369,7 @@ def paged_attention_triton(
         return out
     interpreted = q.device.type == "cpu"
     group = q.shape[1] // n_kv
-    rows, tokens = _tiles(group, max_query_len)
+    rows, tokens, keys = _tiles(group, max_query_len, q.dtype, head_dim)
     grid = (triton.cdiv(max_query_len, tokens), n_kv, batch)
     kernel = _interpreted() if interpreted else cast(Any, _paged_attention_kernel)
     with _interpreter_warnings() if interpreted else torch.cuda.device(q.device):
@@ -383,8 +394,9 @@ def paged_attention_triton(
             PAGE=k_cache.shape[1],
             ROWS=rows,
             TOKENS=tokens,
-            KEYS=_KEYS_INTERPRETED if interpreted else _KEYS,
+            KEYS=_KEYS_INTERPRETED if interpreted else keys,
             PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            UPCAST=interpreted and q.dtype == torch.bfloat16,
             num_warps=4,
         )
     return out

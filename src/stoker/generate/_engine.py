@@ -20,11 +20,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from stoker._native import Scheduler
+from stoker._native import Scheduler, SchedulerStep
 from stoker.generate._config import DecoderConfig, read_config
 from stoker.generate._model import Decoder, load_weights
-from stoker.generate._runner import ModelRunner
-from stoker.generate._sampling import RowSampling
+from stoker.generate._runner import ModelRunner, Sampled
 from stoker.generate._types import (
     GenerationChunk,
     GenerationError,
@@ -48,6 +47,10 @@ class _Request:
     done: threading.Event = field(default_factory=threading.Event)
     finish: str | None = None
     error: BaseException | None = None
+
+
+_Updates = dict[_Request, tuple[list[int], str | None]]
+"""New tokens and finish reason (None: running on) per request of one step."""
 
 
 def _kv_bytes_per_block(cfg: DecoderConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -114,6 +117,7 @@ class GenerateEngine:
         )
         self._ids = itertools.count()
         self._requests: dict[int, _Request] = {}
+        self._unstarted: set[int] = set()  # admitted, not yet scheduled: prefix hits unknown
         self._inbox: list[tuple[int, _Request]] = []
         self._aborts: list[int] = []
         self._cv = threading.Condition()
@@ -219,21 +223,33 @@ class GenerateEngine:
     # -- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        # Step N's outputs reach the callers while step N + 1 runs on the device: only the
+        # native update and schedule stand between two steps.
+        pending: _Updates = {}
         try:
-            while self._take():
-                if self.scheduler.num_running or self.scheduler.num_waiting:
-                    self._step()
+            while self._take(pending):
+                launched = self._launch()
+                if pending:
+                    self._deliver(pending)
+                pending = self._finish(*launched) if launched else {}
         except BaseException as e:  # the loop must never die silently with callers waiting
             for request in self._requests.values():
                 self._deliver({request: ([], None)}, error=e)
             raise
+        if pending:
+            self._deliver(pending)
         closed = RuntimeError("the engine closed")
         for request in list(self._requests.values()):
             self._deliver({request: ([], None)}, error=closed)
 
-    def _take(self) -> bool:
-        """Admits new requests and aborts; False once closing."""
+    def _take(self, pending: _Updates) -> bool:
+        """Admits new requests and aborts, waiting for work; False once closing."""
         s = self.scheduler
+        with self._cv:
+            idle = not (self._inbox or self._aborts or s.num_running or s.num_waiting)
+        if idle and pending:
+            self._deliver(pending)  # nothing else will run: the callers get it now
+            pending.clear()
         with self._cv:
             while not (
                 self._closing or self._inbox or self._aborts or s.num_running or s.num_waiting
@@ -258,60 +274,62 @@ class GenerateEngine:
                 self._deliver({request: ([], None)}, error=GenerationError(str(e)))
                 continue
             self._requests[seq] = request
+            self._unstarted.add(seq)
             self._counts["prompt_tokens"] += len(request.prompt)
         for seq in aborts:
             if self._requests.pop(seq, None) is not None:
                 s.abort(seq)
+                self._unstarted.discard(seq)
         return True
 
-    def _step(self) -> None:
+    def _launch(self) -> tuple[SchedulerStep, list[_Request], Sampled | None] | None:
+        """Schedules a step and queues it on the device."""
+        if not (self.scheduler.num_running or self.scheduler.num_waiting):
+            return None
         step = self.scheduler.schedule()
         self._counts["preemptions"] += len(step.preempted)
-        seq_ids = step.seq_ids
-        if len(seq_ids) == 0:
-            return
-        sample = step.sample
+        seq_ids = step.seq_ids.tolist()
+        if not seq_ids:
+            return None
+        sample = step.sample.tolist()
         rows: npt.NDArray[np.int64]
-        if len(sample) == len(seq_ids):
-            rows = np.arange(len(seq_ids), dtype=np.int64)
+        if self._unstarted or len(sample) != len(seq_ids):
+            where = {s: i for i, s in enumerate(seq_ids)}
+            rows = np.array([where[s] for s in sample], dtype=np.int64)
+            for seq in [q for q in self._unstarted if q in where]:
+                i = where[seq]
+                self._requests[seq].cached = int(step.context_lens[i] - step.query_lens[i])
+                self._unstarted.discard(seq)
         else:
-            where = {int(s): i for i, s in enumerate(seq_ids.tolist())}
-            rows = np.array([where[int(s)] for s in sample.tolist()], dtype=np.int64)
-        for seq, ctx, q in zip(
-            seq_ids.tolist(), step.context_lens.tolist(), step.query_lens.tolist(), strict=True
-        ):
-            request = self._requests[seq]
-            if request.cached < 0:
-                request.cached = ctx - q
-        sampled_requests = [self._requests[s] for s in sample.tolist()]
-        sampling = [
-            RowSampling(
-                r.options.temperature,
-                r.options.top_p,
-                r.options.top_k,
-                r.options.seed,
-                len(r.generated),
-            )
-            for r in sampled_requests
-        ]
-        tokens = self.runner.step(step, rows, sampling) if sampling else []
-        if not sampling:
-            self.runner.logits(step, rows)
+            rows = np.arange(len(seq_ids), dtype=np.int64)
+        requests = [self._requests[s] for s in sample]
+        if not requests:
+            self.runner.logits(step, rows)  # prefill chunks only: nothing to sample
+            return step, requests, None
+        options = [r.options for r in requests]
+        indices = [len(r.generated) for r in requests]
+        return step, requests, self.runner.launch(step, rows, options, indices)
+
+    def _finish(
+        self, step: SchedulerStep, requests: list[_Request], sampled: Sampled | None
+    ) -> _Updates:
+        """Waits for the step's tokens and updates the scheduler; returns what callers get."""
+        tokens = sampled.tokens() if sampled is not None else []
         finished = {seq: reason for seq, _, reason in self.scheduler.update(tokens)}
         self._counts["steps"] += 1
         self._counts["generated_tokens"] += len(tokens)
-        out: dict[_Request, tuple[list[int], str | None]] = {}
-        for seq, request, token in zip(sample.tolist(), sampled_requests, tokens, strict=True):
+        out: _Updates = {}
+        for seq, request, token in zip(step.sample.tolist(), requests, tokens, strict=True):
             request.generated.append(token)
             reason = finished.get(seq)
             if reason is not None:
                 del self._requests[seq]
             out[request] = ([token], _REASONS[reason] if reason else None)
-        self._deliver(out)
+        return out
 
     def _deliver(
         self,
-        updates: dict[_Request, tuple[list[int], str | None]],
+        updates: _Updates,
         error: BaseException | None = None,
     ) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, GenerationChunk]]] = (

@@ -18,9 +18,10 @@ from torch import Tensor
 
 from stoker._native import SchedulerStep
 from stoker.generate._model import Decoder, KVCache, StepBatch
-from stoker.generate._sampling import RowSampling, sample
+from stoker.generate._sampling import sample
+from stoker.generate._types import SamplingOptions
 
-__all__ = ["ModelRunner", "graph_buckets"]
+__all__ = ["ModelRunner", "Sampled", "graph_buckets"]
 
 
 def graph_buckets(max_num_seqs: int) -> list[int]:
@@ -56,6 +57,9 @@ class ModelRunner:
         self._staging = torch.empty(1 << 16, dtype=torch.int64, pin_memory=pin)
         self.graphs: dict[int, _Graph] = {}
         self.buckets: list[int] = []
+        # When a list, each step appends (start, end, rows, decode_only) CUDA events: the gaps
+        # between one step's end and the next one's start are the GPU's idle time.
+        self.timeline: list[tuple[torch.cuda.Event, torch.cuda.Event, int, bool]] | None = None
         if cuda_graphs and self.device.type == "cuda":
             self._capture(graph_buckets(max_num_seqs))
 
@@ -184,10 +188,39 @@ class ModelRunner:
         logits: Tensor = self.model(self._batch(step, rows), self.cache)
         return logits
 
-    def step(
-        self, step: SchedulerStep, rows: npt.NDArray[np.int64], sampling: Sequence[RowSampling]
-    ) -> list[int]:
-        """The sampled token of each of the step's ``rows``."""
-        tokens = sample(self.logits(step, rows), sampling)
-        picked: list[int] = tokens.tolist()
+    def launch(
+        self,
+        step: SchedulerStep,
+        rows: npt.NDArray[np.int64],
+        options: Sequence[SamplingOptions],
+        indices: Sequence[int],
+    ) -> Sampled:
+        """Queues the step and its sampling on the device; the tokens come from the result."""
+        timed = self.timeline is not None and self.device.type == "cuda"
+        if timed:
+            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            start.record()
+        tokens = sample(self.logits(step, rows), options, indices)
+        if self.device.type != "cuda":
+            return Sampled(tokens, None)
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        done = torch.cuda.Event(enable_timing=timed)  # type: ignore[no-untyped-call]
+        done.record()
+        if timed and self.timeline is not None:
+            decode_only = len(step.input_ids) == len(step.query_lens)
+            self.timeline.append((start, done, len(step.query_lens), decode_only))
+        return Sampled(host, done)
+
+
+class Sampled:
+    """A step's sampled tokens, maybe still being computed and copied to the host."""
+
+    def __init__(self, tokens: Tensor, done: torch.cuda.Event | None) -> None:
+        self._tokens, self._done = tokens, done
+
+    def tokens(self) -> list[int]:
+        if self._done is not None:
+            self._done.synchronize()
+        picked: list[int] = self._tokens.tolist()
         return picked

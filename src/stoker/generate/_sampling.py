@@ -9,24 +9,15 @@ generator keyed by the seed and the token's index, so its tokens do not depend o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["RowSampling", "sample"]
+from stoker.generate._types import SamplingOptions
+
+__all__ = ["sample"]
 
 _MIX = 0x9E3779B97F4A7C15  # spreads consecutive token indices over the seed space
-
-
-@dataclass(frozen=True)
-class RowSampling:
-    temperature: float
-    top_p: float
-    top_k: int
-    seed: int | None
-    index: int
-    """How many tokens the sequence generated before this one."""
 
 
 def _filter_top_k(logits: Tensor, ks: Sequence[int]) -> Tensor:
@@ -46,18 +37,26 @@ def _filter_top_p(logits: Tensor, ps: Sequence[float]) -> Tensor:
     return torch.empty_like(logits).scatter_(1, order, ordered)
 
 
-def _noise(shape: tuple[int, int], rows: Sequence[RowSampling], device: torch.device) -> Tensor:
+def _noise(
+    shape: tuple[int, int],
+    rows: Sequence[SamplingOptions],
+    indices: Sequence[int],
+    device: torch.device,
+) -> Tensor:
     noise = torch.empty(shape, device=device).exponential_()
-    for i, row in enumerate(rows):
+    for i, (row, index) in enumerate(zip(rows, indices, strict=True)):
         if row.seed is not None:
             gen = torch.Generator(device=device)
-            gen.manual_seed((row.seed * _MIX + row.index) % (1 << 63))
+            gen.manual_seed((row.seed * _MIX + index) % (1 << 63))
             noise[i] = torch.empty(shape[1], device=device).exponential_(generator=gen)
     return noise
 
 
-def sample(logits: Tensor, rows: Sequence[RowSampling]) -> Tensor:
-    """One token id (int64, on the logits' device) per row of float32 ``logits`` (N, vocab)."""
+def sample(logits: Tensor, rows: Sequence[SamplingOptions], indices: Sequence[int]) -> Tensor:
+    """One token id (int64, on the logits' device) per row of float32 ``logits`` (N, vocab).
+
+    ``indices`` says how many tokens each row's sequence generated before this one.
+    """
     greedy = logits.argmax(dim=-1)
     if all(r.temperature == 0.0 for r in rows):
         return greedy
@@ -70,6 +69,6 @@ def sample(logits: Tensor, rows: Sequence[RowSampling]) -> Tensor:
     if any(r.top_p < 1.0 for r in rows):
         scaled = _filter_top_p(scaled, [r.top_p for r in rows])
     probs = scaled.softmax(dim=-1)
-    drawn = (probs / _noise(tuple(probs.shape), rows, logits.device)).argmax(dim=-1)  # type: ignore[arg-type]
+    drawn = (probs / _noise(tuple(probs.shape), rows, indices, logits.device)).argmax(dim=-1)  # type: ignore[arg-type]
     is_greedy = torch.tensor([r.temperature == 0.0 for r in rows], device=logits.device)
     return torch.where(is_greedy, greedy, drawn)

@@ -1,5 +1,5 @@
 """The HTTP front: KServe v2 / Open Inference Protocol endpoints, a plain image endpoint,
-OpenAI-style text embeddings, metrics.
+OpenAI-style text embeddings and text generation, metrics.
 
 FastAPI serves every route and the OpenAPI docs. The inference endpoints also have a raw
 ASGI path in front of FastAPI's routing and dependency resolution, which cost more than the
@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from stoker._models import ModelLike
 from stoker.server._config import ServerConfig
 from stoker.server._front import IMAGE_TYPES, Front, HTTPError, Reply
+from stoker.server._openai import OpenAIRoutes, ServedGenerator
 
 __all__ = ["create_app"]
 
@@ -118,14 +119,25 @@ async def _send(send: Send, reply: Reply) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(config: ServerConfig, models: Mapping[str, ModelLike] | None = None) -> FastAPI:
+def create_app(
+    config: ServerConfig,
+    models: Mapping[str, ModelLike] | None = None,
+    generators: Mapping[str, ServedGenerator] | None = None,
+) -> FastAPI:
     """The application for ``config``; ``models`` replaces configured models by name (tests,
-    embedding a module built in Python)."""
+    embedding a module built in Python). ``generators`` are text-generation engines served by
+    name on the OpenAI completion endpoints; the application closes them when it shuts down."""
     front = Front(config, models)
+    try:
+        openai = OpenAIRoutes(front, generators or {}, _read_body)
+    except BaseException:
+        front.close()
+        raise
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        openai.close()
         front.close()
 
     app = FastAPI(title="stoker", version="0.1.0", lifespan=lifespan)
@@ -227,6 +239,19 @@ def create_app(config: ServerConfig, models: Mapping[str, ModelLike] | None = No
         except HTTPError as e:
             return _response(front.fail(e, "", "embeddings"))
         return _response(await front.embeddings(headers, body))
+
+    @app.post("/v1/completions")
+    async def completions() -> Response:
+        """OpenAI-compatible text completions: ``model`` (a served generator), ``prompt`` (a
+        string or token ids), ``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``,
+        ``stop``, ``stream`` (server-sent events), ``stream_options``, ``ignore_eos``."""
+        return openai.response("completions")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        """OpenAI-compatible chat completions: ``messages`` rendered by the model's chat
+        template, and the options of ``/v1/completions`` (``max_completion_tokens`` too)."""
+        return openai.response("chat_completions")
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
