@@ -89,17 +89,23 @@ def _idle(engine: GenerateEngine) -> dict[str, float]:
     """GPU idle time between consecutive decode steps, as a share of their busy time."""
     timeline = engine.runner.timeline or []
     torch.cuda.synchronize()
-    gaps, busy = [], []
-    for (_, end, _, _), (start, end2, _, decode) in itertools.pairwise(timeline):
+    gaps, busy, sampling, big = [], [], [], []
+    for (_, _, end, _, _), (start, mid, end2, rows, decode) in itertools.pairwise(timeline):
         if decode:
             gaps.append(end.elapsed_time(start))
             busy.append(start.elapsed_time(end2))
+            sampling.append(mid.elapsed_time(end2))
+            if rows >= 192:
+                big.append(start.elapsed_time(end2))
     if not busy:
         return {}
     return {
         "decode_steps": len(busy),
         "step_ms_median": statistics.median(busy),
+        "step_ms_median_192_rows_up": statistics.median(big) if big else 0.0,
+        "sampling_ms_median": statistics.median(sampling),
         "gap_ms_median": statistics.median(gaps),
+        "gap_ms_p90": sorted(gaps)[int(0.9 * len(gaps))],
         "idle_share": sum(gaps) / sum(busy),
     }
 
@@ -274,8 +280,10 @@ def main() -> None:
     print(f"        {total:,.0f} total tok/s, {s['kv_blocks']} KV blocks")
     if "idle_share" in s:
         print(
-            f"        decode step median {s['step_ms_median']:.2f} ms, gap median "
-            f"{s['gap_ms_median'] * 1e3:.0f} us, GPU idle {100 * s['idle_share']:.2f}% of steps"
+            f"        decode step median {s['step_ms_median']:.2f} ms "
+            f"({s['step_ms_median_192_rows_up']:.2f} ms at >= 192 rows, sampling "
+            f"{s['sampling_ms_median']:.2f} ms), gap median {s['gap_ms_median'] * 1e3:.0f} us "
+            f"(p90 {s['gap_ms_p90'] * 1e3:.0f}), GPU idle {100 * s['idle_share']:.2f}% of steps"
         )
     if "prefix" in s:
         x = s["prefix"]

@@ -92,6 +92,22 @@ def test_greedy_matches_transformers(
     assert engine.generate(prompts, GREEDY) == _reference(folder, prompts, GREEDY.max_tokens)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_cuda_greedy_matches_transformers_with_and_without_graphs(
+    family: str, request: pytest.FixtureRequest, engine_of: Any
+) -> None:
+    folder = request.getfixturevalue(family)
+    prompts = _prompts(6, seed=21)
+    reference = _reference(folder, prompts, GREEDY.max_tokens)
+    for graphs in (True, False):
+        engine = engine_of(
+            folder, device="cuda", dtype=torch.float32, max_num_seqs=8, cuda_graphs=graphs
+        )
+        assert bool(engine.runner.graphs) == graphs
+        assert engine.generate(prompts, GREEDY) == reference
+
+
 def test_greedy_survives_chunking_and_preemption(llama: Path, engine_of: Any) -> None:
     prompts = _prompts(8, seed=11, lengths=(20, 90))
     # 24 blocks of 8 tokens cannot hold eight sequences of up to 110 tokens at once, and a

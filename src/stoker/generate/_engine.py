@@ -53,6 +53,16 @@ _Updates = dict[_Request, tuple[list[int], str | None]]
 """New tokens and finish reason (None: running on) per request of one step."""
 
 
+@dataclass
+class _Done:
+    """A step whose tokens are in, not yet handed to its requests."""
+
+    seqs: list[int]
+    requests: list[_Request]
+    tokens: list[int]
+    finished: dict[int, str]
+
+
 def _kv_bytes_per_block(cfg: DecoderConfig, block_size: int, dtype: torch.dtype) -> int:
     element = torch.empty((), dtype=dtype).element_size()
     return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * element
@@ -102,6 +112,9 @@ class GenerateEngine:
             per_block = _kv_bytes_per_block(cfg, block_size, dtype)
             if decoder.device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(decoder.device)
+                # Memory the allocator holds but no tensor uses is free for the cache too.
+                free += torch.cuda.memory_reserved(decoder.device)
+                free -= torch.cuda.memory_allocated(decoder.device)
                 budget = int(free * kv_cache_fraction)
             else:
                 need = max_num_seqs * -(-self.max_model_len // block_size) * per_block
@@ -223,33 +236,39 @@ class GenerateEngine:
     # -- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        # Step N's outputs reach the callers while step N + 1 runs on the device: only the
-        # native update and schedule stand between two steps.
-        pending: _Updates = {}
+        # Between two steps stand only the native update and schedule and the launch: the
+        # Python bookkeeping of step N (tokens to requests, chunks to callers) runs while step
+        # N + 1 is on the device.
+        pending: _Done | None = None
         try:
-            while self._take(pending):
+            while True:
+                if pending is not None and self._idle():
+                    self._deliver(self._collect(pending))  # nothing else will run: hand it out
+                    pending = None
+                if not self._take():
+                    break
                 launched = self._launch()
-                if pending:
-                    self._deliver(pending)
-                pending = self._finish(*launched) if launched else {}
+                if pending is not None:
+                    self._deliver(self._collect(pending))
+                pending = self._finish(*launched) if launched else None
         except BaseException as e:  # the loop must never die silently with callers waiting
             for request in self._requests.values():
                 self._deliver({request: ([], None)}, error=e)
             raise
-        if pending:
-            self._deliver(pending)
+        if pending is not None:
+            self._deliver(self._collect(pending))
         closed = RuntimeError("the engine closed")
         for request in list(self._requests.values()):
             self._deliver({request: ([], None)}, error=closed)
 
-    def _take(self, pending: _Updates) -> bool:
-        """Admits new requests and aborts, waiting for work; False once closing."""
+    def _idle(self) -> bool:
         s = self.scheduler
         with self._cv:
-            idle = not (self._inbox or self._aborts or s.num_running or s.num_waiting)
-        if idle and pending:
-            self._deliver(pending)  # nothing else will run: the callers get it now
-            pending.clear()
+            return not (self._inbox or self._aborts or s.num_running or s.num_waiting)
+
+    def _take(self) -> bool:
+        """Admits new requests and aborts, waiting for work; False once closing."""
+        s = self.scheduler
         with self._cv:
             while not (
                 self._closing or self._inbox or self._aborts or s.num_running or s.num_waiting
@@ -307,23 +326,30 @@ class GenerateEngine:
             self.runner.logits(step, rows)  # prefill chunks only: nothing to sample
             return step, requests, None
         options = [r.options for r in requests]
-        indices = [len(r.generated) for r in requests]
-        return step, requests, self.runner.launch(step, rows, options, indices)
+        # A seeded row's noise is keyed by the sampled token's position, which depends on the
+        # sequence alone, not on the batch it runs in.
+        positions = step.context_lens[rows].tolist()
+        return step, requests, self.runner.launch(step, rows, options, positions)
 
     def _finish(
         self, step: SchedulerStep, requests: list[_Request], sampled: Sampled | None
-    ) -> _Updates:
-        """Waits for the step's tokens and updates the scheduler; returns what callers get."""
+    ) -> _Done:
+        """Waits for the step's tokens and updates the scheduler."""
         tokens = sampled.tokens() if sampled is not None else []
         finished = {seq: reason for seq, _, reason in self.scheduler.update(tokens)}
+        for seq in finished:
+            del self._requests[seq]
         self._counts["steps"] += 1
         self._counts["generated_tokens"] += len(tokens)
+        return _Done(step.sample.tolist(), requests, tokens, finished)
+
+    def _collect(self, done: _Done) -> _Updates:
+        """A finished step's tokens appended to its requests, as updates for the callers."""
         out: _Updates = {}
-        for seq, request, token in zip(step.sample.tolist(), requests, tokens, strict=True):
+        finished = done.finished
+        for seq, request, token in zip(done.seqs, done.requests, done.tokens, strict=True):
             request.generated.append(token)
             reason = finished.get(seq)
-            if reason is not None:
-                del self._requests[seq]
             out[request] = ([token], _REASONS[reason] if reason else None)
         return out
 

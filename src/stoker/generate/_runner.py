@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -57,9 +58,10 @@ class ModelRunner:
         self._staging = torch.empty(1 << 16, dtype=torch.int64, pin_memory=pin)
         self.graphs: dict[int, _Graph] = {}
         self.buckets: list[int] = []
-        # When a list, each step appends (start, end, rows, decode_only) CUDA events: the gaps
-        # between one step's end and the next one's start are the GPU's idle time.
-        self.timeline: list[tuple[torch.cuda.Event, torch.cuda.Event, int, bool]] | None = None
+        # When a list, each step appends (start, logits done, end, rows, decode_only), the first
+        # three CUDA events: the gaps between one step's end and the next one's start are the
+        # GPU's idle time.
+        self.timeline: list[tuple[Any, Any, Any, int, bool]] | None = None
         if cuda_graphs and self.device.type == "cuda":
             self._capture(graph_buckets(max_num_seqs))
 
@@ -140,8 +142,9 @@ class ModelRunner:
             torch.ones(top, dtype=torch.int64, device=self.device),  # context lens
             torch.full((top, self.width), self.scratch, device=self.device),  # tables
         ]
-        cu = torch.arange(top + 1, dtype=torch.int32, device=self.device)
-        rows = torch.arange(top, dtype=torch.int64, device=self.device)
+        # Graphs hold raw pointers, not references: every input they read must outlive them.
+        cu = self._cu = torch.arange(top + 1, dtype=torch.int32, device=self.device)
+        rows = self._rows = torch.arange(top, dtype=torch.int64, device=self.device)
         pool = torch.cuda.graph_pool_handle()
         for bucket in sorted(buckets, reverse=True):
             ids, pos, slots, ctx, tables = (s[:bucket] for s in self._static)
@@ -193,14 +196,18 @@ class ModelRunner:
         step: SchedulerStep,
         rows: npt.NDArray[np.int64],
         options: Sequence[SamplingOptions],
-        indices: Sequence[int],
+        positions: Sequence[int],
     ) -> Sampled:
         """Queues the step and its sampling on the device; the tokens come from the result."""
         timed = self.timeline is not None and self.device.type == "cuda"
         if timed:
             start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             start.record()
-        tokens = sample(self.logits(step, rows), options, indices)
+        logits = self.logits(step, rows)
+        if timed:
+            mid = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            mid.record()
+        tokens = sample(logits, options, positions)
         if self.device.type != "cuda":
             return Sampled(tokens, None)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
@@ -209,7 +216,7 @@ class ModelRunner:
         done.record()
         if timed and self.timeline is not None:
             decode_only = len(step.input_ids) == len(step.query_lens)
-            self.timeline.append((start, done, len(step.query_lens), decode_only))
+            self.timeline.append((start, mid, done, len(step.query_lens), decode_only))
         return Sampled(host, done)
 
 

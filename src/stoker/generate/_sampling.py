@@ -3,7 +3,7 @@
 All rows of a step are sampled together on the device. Sampling draws exponential noise and takes
 the argmax of probability over noise (the exponential race), which samples exactly from the
 distribution without a cumulative sum per row. A row with a seed draws its noise from its own
-generator keyed by the seed and the token's index, so its tokens do not depend on its batch.
+generator keyed by the seed and the token's position, so its tokens do not depend on its batch.
 """
 
 from __future__ import annotations
@@ -40,22 +40,22 @@ def _filter_top_p(logits: Tensor, ps: Sequence[float]) -> Tensor:
 def _noise(
     shape: tuple[int, int],
     rows: Sequence[SamplingOptions],
-    indices: Sequence[int],
+    positions: Sequence[int],
     device: torch.device,
 ) -> Tensor:
     noise = torch.empty(shape, device=device).exponential_()
-    for i, (row, index) in enumerate(zip(rows, indices, strict=True)):
+    for i, (row, position) in enumerate(zip(rows, positions, strict=True)):
         if row.seed is not None:
             gen = torch.Generator(device=device)
-            gen.manual_seed((row.seed * _MIX + index) % (1 << 63))
+            gen.manual_seed((row.seed * _MIX + position) % (1 << 63))
             noise[i] = torch.empty(shape[1], device=device).exponential_(generator=gen)
     return noise
 
 
-def sample(logits: Tensor, rows: Sequence[SamplingOptions], indices: Sequence[int]) -> Tensor:
+def sample(logits: Tensor, rows: Sequence[SamplingOptions], positions: Sequence[int]) -> Tensor:
     """One token id (int64, on the logits' device) per row of float32 ``logits`` (N, vocab).
 
-    ``indices`` says how many tokens each row's sequence generated before this one.
+    ``positions`` are the positions the sampled tokens take in their sequences.
     """
     greedy = logits.argmax(dim=-1)
     if all(r.temperature == 0.0 for r in rows):
@@ -69,6 +69,6 @@ def sample(logits: Tensor, rows: Sequence[SamplingOptions], indices: Sequence[in
     if any(r.top_p < 1.0 for r in rows):
         scaled = _filter_top_p(scaled, [r.top_p for r in rows])
     probs = scaled.softmax(dim=-1)
-    drawn = (probs / _noise(tuple(probs.shape), rows, indices, logits.device)).argmax(dim=-1)  # type: ignore[arg-type]
+    drawn = (probs / _noise(tuple(probs.shape), rows, positions, logits.device)).argmax(dim=-1)  # type: ignore[arg-type]
     is_greedy = torch.tensor([r.temperature == 0.0 for r in rows], device=logits.device)
     return torch.where(is_greedy, greedy, drawn)
