@@ -234,3 +234,46 @@ def test_unsupported_models_are_named(tmp_path: Path) -> None:
         read_config(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         read_config(tmp_path / "missing")
+
+
+def test_served_through_the_completion_endpoints(llama: Path, engine_of: Any) -> None:
+    from fastapi.testclient import TestClient
+    from tokenizers import Tokenizer
+
+    from stoker.server import ModelConfig, ServerConfig, create_app
+
+    prompt = _prompts(1, seed=23)[0]
+    expected = engine_of(llama, max_num_seqs=2).generate([prompt], SamplingOptions(12, 0.0))[0]
+    text = Tokenizer.from_file(str(llama / "tokenizer.json")).decode(expected)
+    model = ModelConfig(name="llm", model=str(llama), task="text-generation", max_num_seqs=4)
+    body = {"model": "llm", "prompt": prompt, "max_tokens": 12, "temperature": 0}
+    with TestClient(create_app(ServerConfig(models=(model,)))) as client:
+        done = client.post("/v1/completions", json=body)
+        assert done.status_code == 200, done.text
+        answer = done.json()
+        assert answer["choices"][0]["text"] == text
+        assert answer["usage"]["prompt_tokens"] == len(prompt)
+        assert answer["usage"]["completion_tokens"] == len(expected)
+        streamed = client.post("/v1/completions", json={**body, "stream": True})
+        pieces = [
+            json.loads(line[len("data: ") :])["choices"][0]["text"]
+            for line in streamed.text.splitlines()
+            if line.startswith("data: {")
+        ]
+        assert "".join(pieces) == text
+        metrics = client.get("/metrics").text
+        assert 'stoker_generation_tokens_total{model="llm"}' in metrics
+        too_long = client.post("/v1/completions", json={**body, "max_tokens": 10**6})
+        assert too_long.status_code == 400
+
+
+def test_cli_serves_generation_on_the_asgi_front(llama: Path) -> None:
+    from typer.testing import CliRunner
+
+    from stoker._cli import app
+
+    result = CliRunner().invoke(
+        app, ["serve", "--task", "text-generation", "--model", str(llama), "--front", "native"]
+    )
+    assert result.exit_code != 0
+    assert "uvicorn" in result.output

@@ -46,14 +46,24 @@ def serve(
         str | None,
         typer.Option(
             help="model file, embedded model (tiny, small) or torchvision architecture name; "
-            "text-embedding: a model folder [default: the installed all-minilm-l6-v2]"
+            "text-embedding: a model folder [default: the installed all-minilm-l6-v2]; "
+            "text-generation: a decoder model folder (config.json, safetensors, tokenizer.json)"
         ),
     ] = None,
     task: Annotated[
-        Literal["image-classification", "text-embedding"], typer.Option()
+        Literal["image-classification", "text-embedding", "text-generation"], typer.Option()
     ] = "image-classification",
     max_tokens: Annotated[
         int | None, typer.Option(help="text-embedding: most tokens per input [default: model's]")
+    ] = None,
+    max_num_seqs: Annotated[
+        int, typer.Option(help="text-generation: sequences decoded together")
+    ] = 256,
+    max_num_batched_tokens: Annotated[
+        int, typer.Option(help="text-generation: tokens per step (bounds prefill stalls)")
+    ] = 2048,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="text-generation: prompt + output tokens [default: model's]")
     ] = None,
     name: Annotated[str | None, typer.Option(help="model name in URLs (default: --model)")] = None,
     config: Annotated[
@@ -76,9 +86,12 @@ def serve(
         str | None, typer.Option(help="share of JPEGs decoded on the GPU (0..1) or 'auto'")
     ] = None,
     front: Annotated[
-        Literal["native", "uvicorn"],
-        typer.Option(help="native: the C++ HTTP server takes the hot path; uvicorn: all Python"),
-    ] = "native",
+        Literal["auto", "native", "uvicorn"],
+        typer.Option(
+            help="native: the C++ HTTP server takes the hot path; uvicorn: all Python (needed "
+            "for streamed completions); auto: native unless a text-generation model is served"
+        ),
+    ] = "auto",
     io_threads: Annotated[int, typer.Option(help="native front: I/O threads")] = 1,
     log_level: Annotated[str, typer.Option()] = "warning",
 ) -> None:
@@ -102,7 +115,7 @@ def serve(
         if model is not None:
             raise typer.BadParameter("give models in --config or with --model, not both")
         settings = load_config(config, **overrides)
-    elif model is None and task == "image-classification":
+    elif model is None and task in ("image-classification", "text-generation"):
         raise typer.BadParameter("give --model or --config")
     else:
         if task == "text-embedding":
@@ -115,6 +128,9 @@ def serve(
             model=model,
             task=task,
             max_tokens=max_tokens,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_model_len=max_model_len,
             weights=weights,
             device=device,
             dtype=dtype,
@@ -129,7 +145,12 @@ def serve(
     image_models = [m for m in settings.models if m.task == "image-classification"]
     if weights is None and config is None and image_models and not Path(model or "").is_file():
         typer.echo(f"note: {model} runs with random weights (no --weights given)", err=True)
-    if front == "native":
+    generating = any(m.task == "text-generation" for m in settings.models)
+    if front == "native" and generating:
+        # The native front answers forwarded requests whole and does not tell the application
+        # when a client leaves: streamed tokens and aborts need the ASGI server.
+        raise typer.BadParameter("text-generation models are served with --front uvicorn")
+    if front == "native" or (front == "auto" and not generating):
         import logging
 
         from stoker.server import serve_native

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from stoker._models import ModelLike
+from stoker._runner import TORCH_DTYPES
 from stoker.server._config import ServerConfig
 from stoker.server._front import IMAGE_TYPES, Front, HTTPError, Reply
 from stoker.server._openai import OpenAIRoutes, ServedGenerator
@@ -119,6 +121,34 @@ async def _send(send: Send, reply: Reply) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _generators(config: ServerConfig) -> dict[str, ServedGenerator]:
+    """Engines for the configured text-generation models."""
+    wanted = [m for m in config.models if m.task == "text-generation"]
+    if not wanted:
+        return {}
+    from stoker.generate import GenerateEngine
+
+    engines: dict[str, ServedGenerator] = {}
+    try:
+        for m in wanted:
+            if not (Path(m.model) / "tokenizer.json").is_file():
+                raise ValueError(f"{m.model} has no tokenizer.json: text-generation needs one")
+            engines[m.name] = GenerateEngine(
+                m.model,
+                device=m.device,
+                dtype=TORCH_DTYPES[m.dtype] if m.dtype else None,
+                max_num_seqs=m.max_num_seqs,
+                max_num_batched_tokens=m.max_num_batched_tokens,
+                max_model_len=m.max_model_len,
+                name=m.name,
+            )
+    except BaseException:
+        for engine in engines.values():
+            engine.close()
+        raise
+    return engines
+
+
 def create_app(
     config: ServerConfig,
     models: Mapping[str, ModelLike] | None = None,
@@ -128,9 +158,13 @@ def create_app(
     embedding a module built in Python). ``generators`` are text-generation engines served by
     name on the OpenAI completion endpoints; the application closes them when it shuts down."""
     front = Front(config, models)
+    served: dict[str, ServedGenerator] = {}
     try:
-        openai = OpenAIRoutes(front, generators or {}, _read_body)
+        served = {**_generators(config), **(generators or {})}
+        openai = OpenAIRoutes(front, served, _read_body)
     except BaseException:
+        for g in served.values():
+            g.close()
         front.close()
         raise
 

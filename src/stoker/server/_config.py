@@ -18,14 +18,15 @@ __all__ = ["ModelConfig", "ServerConfig", "load_config"]
 _DAY_MS = 86_400_000.0
 _MAX_BODY = 1 << 34
 
-Task = Literal["image-classification", "text-embedding"]
-TASKS = ("image-classification", "text-embedding")
+Task = Literal["image-classification", "text-embedding", "text-generation"]
+TASKS = ("image-classification", "text-embedding", "text-generation")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """One served model; ``model`` is a torchvision architecture name or a model file, or for
-    ``text-embedding`` a model folder (``all-minilm-l6-v2``: the installed one)."""
+    ``text-embedding`` a model folder (``all-minilm-l6-v2``: the installed one), or for
+    ``text-generation`` a decoder model folder (config.json, safetensors, tokenizer.json)."""
 
     name: str
     model: str
@@ -45,6 +46,13 @@ class ModelConfig:
     staging_slots: int = 3
     max_tokens: int | None = None
     """text-embedding: inputs of more tokens are refused (400); None: the model's length."""
+    max_num_seqs: int = 256
+    """text-generation: sequences decoded together."""
+    max_num_batched_tokens: int = 2048
+    """text-generation: tokens per step; prefill chunks beyond it wait, which bounds how long
+    a step with prefill work holds up the running sequences' next tokens."""
+    max_model_len: int | None = None
+    """text-generation: prompt plus output tokens per sequence; None: the model's length."""
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -53,6 +61,10 @@ class ModelConfig:
             raise ValueError(f"unknown task {self.task!r}; stoker serves {', '.join(TASKS)}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if min(self.max_num_seqs, self.max_num_batched_tokens) < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be at least 2, got {self.max_model_len}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
         object.__setattr__(self, "mean", tuple(self.mean))

@@ -80,6 +80,8 @@ class Front:
         self.text_tasks: dict[str, TextEmbedding] = {}
         try:
             for m in config.models:
+                if m.task == "text-generation":
+                    continue  # served by the OpenAI completion routes (create_app)
                 if m.task == "text-embedding":
                     self.text_tasks[m.name] = TextEmbedding(m)
                 else:
