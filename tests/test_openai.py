@@ -30,7 +30,7 @@ from stoker.generate._types import (
     SamplingOptions,
 )
 from stoker.server import ModelConfig, ServerConfig, create_app
-from stoker.server._openai import BadRequest, parse_request, sampling_options
+from stoker.server._openai_protocol import BadRequest, parse_request, sampling_options
 
 TOKEN = "gen-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
