@@ -12,13 +12,14 @@ import contextlib
 import itertools
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from tokenizers import Tokenizer
 
 from stoker._native import Scheduler, SchedulerStep
 from stoker.generate._config import DecoderConfig, read_config
@@ -139,13 +140,13 @@ class GenerateEngine:
         self._thread = threading.Thread(target=self._loop, name="stoker-generate", daemon=True)
         self._thread.start()
 
-    def _tokenizer(self) -> object | None:
-        path = self.model_folder / "tokenizer.json"
-        if not path.is_file():
-            return None
-        from tokenizers import Tokenizer
+    def _tokenizer(self) -> Tokenizer:
+        """The folder's tokenizer; a folder without one gets an empty stand-in, enough for
+        token-id prompts and outputs (offline use), and serving refuses it."""
+        from tokenizers import models
 
-        return Tokenizer.from_file(str(path))
+        path = self.model_folder / "tokenizer.json"
+        return Tokenizer.from_file(str(path)) if path.is_file() else Tokenizer(models.BPE())
 
     # -- callers -----------------------------------------------------------------------------
 
@@ -179,7 +180,7 @@ class GenerateEngine:
 
     async def stream(
         self, prompt_ids: Sequence[int], options: SamplingOptions
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         prompt = self._check(prompt_ids, options)
         request = _Request(prompt, options, asyncio.get_running_loop())
         seq = self._submit(request)
