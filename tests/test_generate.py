@@ -277,3 +277,20 @@ def test_cli_serves_generation_on_the_asgi_front(llama: Path) -> None:
     )
     assert result.exit_code != 0
     assert "uvicorn" in result.output
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_fused_stages_keep_greedy_output(
+    family: str, request: pytest.FixtureRequest, engine_of: Any
+) -> None:
+    # On the CPU the fused Triton stages run in Triton's interpreter.
+    pytest.importorskip("triton")
+    from stoker.generate import Decoder, load_weights
+
+    folder = request.getfixturevalue(family)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    decoder = Decoder(read_config(folder), torch.float32, device, fused=True)
+    load_weights(decoder, folder)
+    prompts = _prompts(3, seed=29)
+    engine = engine_of(folder, device=device, decoder=decoder, max_num_seqs=4)
+    assert engine.generate(prompts, GREEDY) == _reference(folder, prompts, GREEDY.max_tokens)

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stoker.generate._attention import paged_attention, write_kv
+from stoker.generate._attention import HAS_TRITON, paged_attention, write_kv
 from stoker.generate._config import DecoderConfig
+from stoker.generate._fused import qk_norm_rope, rms_norm, silu_mul
 from stoker.generate._types import GenerationError
 
 __all__ = ["Decoder", "KVCache", "StepBatch", "load_weights", "safetensors_files"]
@@ -82,10 +83,19 @@ class Decoder(nn.Module):
     """The decoder's weights and its forward pass over one step."""
 
     def __init__(
-        self, cfg: DecoderConfig, dtype: torch.dtype = torch.float32, device: str = "cpu"
+        self,
+        cfg: DecoderConfig,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
         dev = torch.device(device)
+        # Fused Triton stages (``_fused``) for half precision on a GPU by default; float32 keeps
+        # the unfused torch stages, which match the reference implementation exactly.
+        if fused is None:
+            fused = HAS_TRITON and dev.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+        self.fused = fused
         self.cfg, self.dtype, self.device = cfg, dtype, dev
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, device=dev)
         self.embed.weight.requires_grad_(False)
@@ -124,6 +134,8 @@ class Decoder(nn.Module):
     @torch.inference_mode()
     def forward(self, step: StepBatch, cache: KVCache) -> Tensor:
         """Float32 logits of the ``logits_indices`` rows, (N, vocab)."""
+        if self.fused:
+            return self._forward_fused(step, cache)
         cfg = self.cfg
         t = step.input_ids.shape[0]
         cos = self.cos[step.positions].unsqueeze(1)  # type: ignore[index]
@@ -139,23 +151,55 @@ class Decoder(nn.Module):
                 q = _rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
                 k = _rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            write_kv(k, v, k_cache, v_cache, step.slot_mapping)
-            o = paged_attention(
-                q,
-                k_cache,
-                v_cache,
-                step.cu_query_lens,
-                step.context_lens,
-                step.block_tables,
-                self.scale,
-                step.max_query_len,
-            )
-            x = x + layer.o(o.reshape(t, layer.q_size))
+            o = self._attend(step, q, k, v, (k_cache, v_cache))
+            x = x + layer.o(o)
             h = _rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         x = _rms_norm(x[step.logits_indices], self.norm, cfg.rms_norm_eps)
         return F.linear(x, self.lm_head).float()
+
+    def _attend(
+        self, step: StepBatch, q: Tensor, k: Tensor, v: Tensor, cache: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        write_kv(k, v, cache[0], cache[1], step.slot_mapping)
+        o = paged_attention(
+            q,
+            cache[0],
+            cache[1],
+            step.cu_query_lens,
+            step.context_lens,
+            step.block_tables,
+            self.scale,
+            step.max_query_len,
+        )
+        return o.reshape(q.shape[0], -1)
+
+    def _forward_fused(self, step: StepBatch, cache: KVCache) -> Tensor:
+        cfg, eps = self.cfg, self.cfg.rms_norm_eps
+        t = step.input_ids.shape[0]
+        x = self.embed(step.input_ids)
+        h, x = rms_norm(x, self.layers[0].input_norm, eps)
+        norms = [layer.input_norm for layer in self.layers[1:]] + [self.norm]
+        for layer, layer_cache, next_norm in zip(self.layers, cache, norms, strict=True):
+            qkv = layer.qkv(h)
+            q, k = qk_norm_rope(
+                qkv,
+                step.positions,
+                self.cos,  # type: ignore[arg-type]
+                self.sin,  # type: ignore[arg-type]
+                cfg.num_heads,
+                cfg.num_kv_heads,
+                layer.q_norm,
+                layer.k_norm,
+                eps,
+            )
+            v = qkv[:, layer.q_size + layer.kv_size :].view(t, cfg.num_kv_heads, cfg.head_dim)
+            o = self._attend(step, q, k, v, layer_cache)
+            h, x = rms_norm(layer.o(o), layer.post_norm, eps, residual=x)
+            mlp = layer.down(silu_mul(layer.gate_up(h)))
+            h, x = rms_norm(mlp, next_norm, eps, residual=x)
+        return F.linear(h[step.logits_indices], self.lm_head).float()
 
     def load(self, tensors: Iterable[tuple[str, Tensor]]) -> None:
         """Loads Hugging Face-named weights; GenerationError names what is missing or unknown."""
