@@ -294,3 +294,20 @@ def test_fused_stages_keep_greedy_output(
     prompts = _prompts(3, seed=29)
     engine = engine_of(folder, device=device, decoder=decoder, max_num_seqs=4)
     assert engine.generate(prompts, GREEDY) == _reference(folder, prompts, GREEDY.max_tokens)
+
+
+def test_a_slow_stream_reader_gets_the_backlog_as_one_chunk(llama: Path, engine_of: Any) -> None:
+    engine = engine_of(llama, max_num_seqs=2)
+    prompt = _prompts(1, seed=31)[0]
+    expected = engine.generate([prompt], GREEDY)[0]
+
+    async def read_late() -> list[GenerationChunk]:
+        stream = engine.stream(prompt, GREEDY)
+        first = await anext(stream)
+        await asyncio.sleep(1.0)  # the engine finishes meanwhile
+        return [first] + [c async for c in stream]
+
+    chunks = asyncio.run(read_late())
+    assert [t for c in chunks for t in c.token_ids] == expected
+    assert len(chunks) < len(expected)
+    assert chunks[-1].finish_reason == "length"

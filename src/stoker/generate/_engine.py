@@ -187,6 +187,18 @@ class GenerateEngine:
         try:
             while True:
                 item = await request.chunks.get()
+                # A caller that fell behind gets what piled up as one chunk: under load that
+                # saves a wake-up and a response event per token.
+                while isinstance(item, GenerationChunk) and item.finish_reason is None:
+                    try:
+                        more = request.chunks.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    if isinstance(more, BaseException):
+                        item = more
+                        break
+                    more.token_ids[:0] = item.token_ids
+                    item = more
                 if isinstance(item, BaseException):
                     raise item
                 yield item
