@@ -71,10 +71,24 @@ def serve(
     ] = None,
     weights: Annotated[str | None, typer.Option(help="state-dict file for --model")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            help="image-classification: one engine per device, requests to the least loaded: "
+            "0,1 (cuda:0,cuda:1), cuda:0,cuda:1 or cpu,cpu; replaces --device"
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="native preprocessing threads per engine [default: the process's pool, split "
+            "evenly between --devices]"
+        ),
+    ] = None,
     dtype: Annotated[Literal["float32", "float16", "bfloat16"] | None, typer.Option()] = None,
-    max_batch_size: Annotated[int, typer.Option()] = 32,
+    max_batch_size: Annotated[int, typer.Option(help="per engine")] = 32,
     max_delay_ms: Annotated[float, typer.Option()] = 2.0,
-    capacity: Annotated[int, typer.Option(help="queued requests before 503s")] = 1024,
+    capacity: Annotated[int, typer.Option(help="queued requests (per engine) before 503s")] = 1024,
     top_k: Annotated[int, typer.Option()] = 5,
     host: Annotated[str | None, typer.Option(help="bind address [default: 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="[default: 8000]")] = None,
@@ -101,6 +115,7 @@ def serve(
         import uvicorn
 
         from stoker.server import ModelConfig, ServerConfig, create_app, load_config
+        from stoker.server._config import parse_devices
     except ImportError as e:
         raise typer.BadParameter(
             f"serving needs the server extra (pip install stoker[server]): {e}"
@@ -114,6 +129,8 @@ def serve(
     if config is not None:
         if model is not None:
             raise typer.BadParameter("give models in --config or with --model, not both")
+        if devices is not None or threads is not None:
+            raise typer.BadParameter("with --config, give devices and threads in its [[models]]")
         settings = load_config(config, **overrides)
     elif model is None and task in ("image-classification", "text-generation"):
         raise typer.BadParameter("give --model or --config")
@@ -123,23 +140,28 @@ def serve(
 
             model = model or DEFAULT_MODEL
         assert model is not None
-        served = ModelConfig(
-            name=name or Path(model).stem,
-            model=model,
-            task=task,
-            max_tokens=max_tokens,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-            max_model_len=max_model_len,
-            weights=weights,
-            device=device,
-            dtype=dtype,
-            max_batch_size=max_batch_size,
-            max_delay_ms=max_delay_ms,
-            capacity=capacity,
-            top_k=top_k,
-            gpu_decode=_share(gpu_decode),
-        )
+        try:
+            served = ModelConfig(
+                devices=parse_devices(devices) if devices is not None else None,
+                threads=threads,
+                name=name or Path(model).stem,
+                model=model,
+                task=task,
+                max_tokens=max_tokens,
+                max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens,
+                max_model_len=max_model_len,
+                weights=weights,
+                device=device,
+                dtype=dtype,
+                max_batch_size=max_batch_size,
+                max_delay_ms=max_delay_ms,
+                capacity=capacity,
+                top_k=top_k,
+                gpu_decode=_share(gpu_decode),
+            )
+        except ValueError as e:  # --device with --devices, a device list that is not one
+            raise typer.BadParameter(str(e)) from None
         given = {k: v for k, v in overrides.items() if v is not None}
         settings = ServerConfig(models=(served,), **given)
     image_models = [m for m in settings.models if m.task == "image-classification"]
@@ -156,6 +178,13 @@ def serve(
         from stoker.server import serve_native
 
         logging.basicConfig(level=log_level.upper())
+        for m in settings.models:
+            if len(m.replicas) > 1:
+                typer.echo(
+                    f"note: {m.name} runs on {len(m.replicas)} devices; the native front hands "
+                    "its requests to the Python router (docs/server.md, multi-device serving)",
+                    err=True,
+                )
         serve_native(settings, io_threads=io_threads)
         return
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)

@@ -22,6 +22,7 @@ from stoker.bench._targets import StokerSettings, random_weights, served_model
 if TYPE_CHECKING:
     from stoker._engine import Engine
     from stoker.bench._run import Plan
+    from stoker.server._replicas import Replicas
 
 LATE_NS = 1_000_000  # the native generator's bound for a late open-loop send
 
@@ -32,7 +33,7 @@ Images = tuple[bytes, ...]
 class EngineTarget:
     """A stoker engine ready for load; a request is a group of images, answered when all are."""
 
-    engine: Engine
+    engine: Engine | Replicas
     model: str
     label: str
     description: str
@@ -83,7 +84,7 @@ class EngineLoad:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | Replicas,
         requests: Sequence[Images],
         plan: Plan,
         connections: int,

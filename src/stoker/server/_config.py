@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from stoker._spec import IMAGENET_MEAN, IMAGENET_STD, ImageSpec
 
-__all__ = ["ModelConfig", "ServerConfig", "load_config"]
+__all__ = ["ModelConfig", "ServerConfig", "load_config", "parse_devices"]
 
 # Bounds that keep deadlines and body sizes far from the native side's integer limits.
 _DAY_MS = 86_400_000.0
@@ -20,6 +21,28 @@ _MAX_BODY = 1 << 34
 
 Task = Literal["image-classification", "text-embedding", "text-generation"]
 TASKS = ("image-classification", "text-embedding", "text-generation")
+
+_GPU = re.compile(r"(?:cuda:)?([0-9]+)")
+
+
+def parse_devices(value: str | Sequence[str | int]) -> tuple[str, ...]:
+    """Devices as ``ModelConfig.devices`` holds them, from ``"0,1"``, ``"cuda:0,cuda:1"``,
+    ``"cpu,cpu"`` or a list of those entries (a bare index N is ``cuda:N``)."""
+    entries = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for entry in entries:
+        if isinstance(value, str) and not str(entry).strip():
+            continue  # "0,1," and the like: an empty entry names nothing
+        text = str(entry).strip()
+        # bool is an int to Python, but `true` in a TOML list is no device index.
+        gpu = _GPU.fullmatch(text) if not isinstance(entry, bool) else None
+        if text == "cpu":
+            out.append(text)
+        elif gpu is not None:
+            out.append(f"cuda:{int(gpu[1])}")
+        else:
+            raise ValueError(f"devices: {entry!r} is not cpu, cuda:N or a GPU index N")
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,12 @@ class ModelConfig:
     a step with prefill work holds up the running sequences' next tokens."""
     max_model_len: int | None = None
     """text-generation: prompt plus output tokens per sequence; None: the model's length."""
+    devices: tuple[str, ...] | None = None
+    """image-classification: one engine per device behind a least-loaded router (cpu, cuda:N,
+    or N for cuda:N); ``device`` then becomes the first of them."""
+    threads: int | None = None
+    """Native preprocessing threads of each engine; None: the process's pool with one device,
+    an even share of it with several."""
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -67,12 +96,46 @@ class ModelConfig:
             raise ValueError(f"max_model_len must be at least 2, got {self.max_model_len}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+        if self.threads is not None and self.task != "image-classification":
+            raise ValueError(f"threads: image-classification only, not {self.task}")
+        if self.devices is not None:
+            self._check_devices(parse_devices(self.devices))
         object.__setattr__(self, "mean", tuple(self.mean))
         object.__setattr__(self, "std", tuple(self.std))
         self.spec()  # validates size, crop, mean and std now, not at the first request
 
     def spec(self) -> ImageSpec:
         return ImageSpec(size=self.size, crop=self.crop, mean=self.mean, std=self.std)
+
+    @property
+    def replicas(self) -> tuple[str, ...]:
+        """The devices the model's engines run on: ``devices``, or ``device`` alone."""
+        return self.devices or (self.device,)
+
+    def _check_devices(self, devices: tuple[str, ...]) -> None:
+        if self.task != "image-classification":
+            raise ValueError(
+                f"devices: only image-classification models run on several devices; "
+                f"{self.task} runs on one (use device)"
+            )
+        if not devices:
+            raise ValueError("devices must name at least one device")
+        if len({d == "cpu" for d in devices}) > 1:
+            raise ValueError(f"devices must be all cpu or all GPUs, got {list(devices)}")
+        gpus = [d for d in devices if d != "cpu"]
+        if len(set(gpus)) != len(gpus):
+            # Two engines on one GPU would compete for it; the router assumes one per device.
+            raise ValueError(f"devices: each GPU once (one engine per GPU), got {list(devices)}")
+        # `device` keeps its default or names the first device, so that replace() round-trips.
+        if self.device not in ("cpu", devices[0]):
+            raise ValueError(
+                f"give device or devices, not both (device={self.device!r}, "
+                f"devices={list(devices)})"
+            )
+        object.__setattr__(self, "devices", devices)
+        object.__setattr__(self, "device", devices[0])
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from stoker._stats import STAGES, Timings
 from stoker.server._config import ServerConfig
 from stoker.server._kserve import ProtocolError, encode_infer_response, parse_infer_request
 from stoker.server._metrics import ServerMetrics
+from stoker.server._replicas import device_sources
 from stoker.server._tasks import TEXT_ERRORS, ImageClassification, Task, TextEmbedding
 
 __all__ = ["IMAGE_TYPES", "Front", "HTTPError", "Reply"]
@@ -90,8 +91,13 @@ class Front:
             self.close()
             raise
         self.metrics = ServerMetrics()
-        for task in self.all_tasks():
-            self.metrics.add_engine(task.name, task.engine.stats, task.queue_depth)
+        # Per model: every device's engine summed; per device too, labelled with it.
+        for task in self.tasks.values():
+            devices = device_sources(task.engine)
+            self.metrics.add_engine(task.name, task.engine.stats, task.queue_depth, devices)
+        for text in self.text_tasks.values():
+            device = (str(text.engine.device), text.engine.stats, text.queue_depth)
+            self.metrics.add_engine(text.name, text.engine.stats, text.queue_depth, [device])
         self._expected = config.token.encode() if config.token is not None else None
 
     def all_tasks(self) -> list[Task]:

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stoker import _native
+from stoker._engine import Engine
 from stoker._models import ModelLike
 from stoker.server._app import create_app
 from stoker.server._config import ServerConfig
@@ -107,7 +108,16 @@ class NativeServer:
         self.front: Front = self.app.state.front
         self.drain_s = drain_s
         # The gateway answers image models' requests itself; other tasks' requests are forwarded.
-        tasks = [t for t in self.front.tasks.values() if isinstance(t, ImageClassification)]
+        # It queues a model's requests on one feeder, so a model on several devices is left to
+        # the application, whose router spreads them (see docs/server.md, multi-device serving).
+        native: list[tuple[ImageClassification, Engine]] = []
+        for t in self.front.tasks.values():
+            if isinstance(t.engine, Engine):
+                native.append((t, t.engine))
+            else:
+                log.info(
+                    "model %s runs on several devices: its requests take the Python path", t.name
+                )
         try:
             self.gateway = _native.Gateway(
                 config.host,
@@ -117,14 +127,14 @@ class NativeServer:
                 config.max_body_bytes,
                 config.max_images_per_request,
                 round((config.timeout_ms or 0) * 1000),
-                [(t.name, t.engine.feeder, t.output_names()) for t in tasks],
+                [(t.name, engine.feeder, t.output_names()) for t, engine in native],
             )
         except BaseException:
             self.front.close()
             raise
-        for task in tasks:
-            task.engine.attach(GatewaySink(self.gateway, task))
-        names = [t.name for t in tasks]
+        for task, engine in native:
+            engine.attach(GatewaySink(self.gateway, task))
+        names = [t.name for t, _ in native]
         gateway = self.gateway
         self.front.metrics.add_native_counts(
             lambda: [

@@ -35,11 +35,13 @@ from stoker import _native
 from stoker._stats import STAGES, HistogramSnapshot
 from stoker.generate._types import FinishReason, GeneratorStats
 
-__all__ = ["GenerationMetrics", "ServerMetrics"]
+__all__ = ["DeviceSource", "GenerationMetrics", "ServerMetrics"]
 
 StatsSource = Callable[[], Mapping[str, HistogramSnapshot]]
 CountsSource = Callable[[], Iterable[tuple[str, str, int, int]]]
 DepthSource = Callable[[], int]
+DeviceSource = tuple[str, StatsSource, DepthSource]
+"""One engine of a model: its device's label, its ``stats`` and its queue depth."""
 GeneratorStatsSource = Callable[[], GeneratorStats]
 
 _US_PER_S = 1_000_000.0
@@ -95,6 +97,7 @@ def _orchestration_share(stats: Mapping[str, HistogramSnapshot]) -> float:
 class _Source:
     stats: StatsSource
     queue_depth: DepthSource
+    devices: tuple[DeviceSource, ...]
 
 
 class _EngineCollector:
@@ -134,6 +137,8 @@ class _EngineCollector:
             f.busy.add_metric([model], stats["batch_compute"].sum / _US_PER_S)
             f.depth.add_metric([model], float(source.queue_depth()))
             f.share.add_metric([model], _orchestration_share(stats))
+            for device, device_stats, depth in source.devices:
+                f.add_device([model, device], device_stats(), depth())
         return f.all()
 
 
@@ -162,9 +167,44 @@ class _Families:
             "Share of summed request latency not spent in model compute.",
             labels=["model"],
         )
+        # Per engine of a model, one per device: how the router spread the model's load.
+        on = ["model", "device"]
+        self.d_requests = CounterMetricFamily(
+            "stoker_replica_requests", "Requests a device's engine answered.", labels=on
+        )
+        self.d_latency = HistogramMetricFamily(
+            "stoker_replica_latency_seconds",
+            "Time from submission to answer of requests a device's engine answered.",
+            labels=on,
+        )
+        self.d_batch = HistogramMetricFamily(
+            "stoker_replica_batch_size", "Requests per batch on a device.", labels=on
+        )
+        self.d_busy = CounterMetricFamily(
+            "stoker_replica_busy_seconds", "Summed model compute time on a device.", labels=on
+        )
+        self.d_depth = GaugeMetricFamily(
+            "stoker_replica_queue_depth",
+            "Requests queued for a device, not yet batched.",
+            labels=on,
+        )
+
+    def add_device(
+        self, labels: list[str], stats: Mapping[str, HistogramSnapshot], depth: int
+    ) -> None:
+        total, sizes = stats["total"], stats["batch_size"]
+        self.d_requests.add_metric(labels, float(total.count))
+        buckets = _buckets(total, _STAGE_INDEX, _STAGE_LE)
+        self.d_latency.add_metric(labels, buckets, total.sum / _US_PER_S)
+        self.d_batch.add_metric(labels, _buckets(sizes, _BATCH_INDEX, _BATCH_LE), float(sizes.sum))
+        self.d_busy.add_metric(labels, stats["batch_compute"].sum / _US_PER_S)
+        self.d_depth.add_metric(labels, float(depth))
 
     def all(self) -> list[Metric]:
-        return [self.stage, self.batch, self.busy, self.depth, self.share]
+        return [
+            *(self.stage, self.batch, self.busy, self.depth, self.share),
+            *(self.d_requests, self.d_latency, self.d_batch, self.d_busy, self.d_depth),
+        ]
 
 
 class _GeneratorCollector:
@@ -328,13 +368,21 @@ class ServerMetrics:
             self._children[key] = child
         child.inc()
 
-    def add_engine(self, model: str, stats: StatsSource, queue_depth: DepthSource) -> None:
+    def add_engine(
+        self,
+        model: str,
+        stats: StatsSource,
+        queue_depth: DepthSource,
+        devices: Iterable[DeviceSource] = (),
+    ) -> None:
         """Export a model's engine; ``stats`` and ``queue_depth`` are only called at scrape time.
 
         ``stats`` must map each stage of ``STAGES`` plus ``batch_size`` and ``batch_compute`` to a
-        snapshot, as ``Engine.stats`` does. Raises ValueError if ``model`` is already exported.
+        snapshot, as ``Engine.stats`` does: for a model on several devices, their sum. Each of
+        ``devices`` (one engine's, in the same form) is exported with a ``device`` label too.
+        Raises ValueError if ``model`` is already exported.
         """
-        self._engines.add(model, _Source(stats, queue_depth))
+        self._engines.add(model, _Source(stats, queue_depth, tuple(devices)))
 
     def add_generator(self, model: str, stats: GeneratorStatsSource) -> GenerationMetrics:
         """Export a generator: ``stats`` is called at scrape time; the request path records

@@ -14,11 +14,12 @@ import numpy as np
 import numpy.typing as npt
 
 from stoker._engine import Engine
-from stoker._models import ModelLike, TopK, top_k
+from stoker._models import ModelLike, TopK
 from stoker._runner import TORCH_DTYPES
 from stoker._stats import Timings
 from stoker.server._config import ModelConfig
 from stoker.server._kserve import OutputTensor
+from stoker.server._replicas import Replicas, build_engine
 
 if TYPE_CHECKING:
     from stoker.text import TextTimings
@@ -41,19 +42,8 @@ class ImageClassification:
     def __init__(self, config: ModelConfig, model: ModelLike | None = None) -> None:
         self.config = config
         self.name = config.name
-        self.engine = Engine(
-            config.model if model is None else model,
-            config.spec(),
-            device=config.device,
-            dtype=TORCH_DTYPES[config.dtype] if config.dtype else None,
-            weights=config.weights if model is None else None,
-            max_batch_size=config.max_batch_size,
-            max_delay_ms=config.max_delay_ms,
-            capacity=config.capacity,
-            postprocess=top_k(config.top_k),
-            gpu_decode=config.gpu_decode,
-            staging_slots=config.staging_slots,
-        )
+        # On several devices, a router over one engine per device with an engine's surface.
+        self.engine: Engine | Replicas = build_engine(config, model)
 
     def metadata(self) -> dict[str, Any]:
         k = self.config.top_k
