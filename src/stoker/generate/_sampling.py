@@ -8,16 +8,19 @@ generator keyed by the seed and the token's position, so its tokens do not depen
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from stoker.generate._sample_kernel import HAS_TRITON, gumbel_argmax
 from stoker.generate._types import SamplingOptions
 
 __all__ = ["sample"]
 
 _MIX = 0x9E3779B97F4A7C15  # spreads consecutive token indices over the seed space
+_SEEDS = random.Random()  # seeds of unseeded rows on the fused path
 
 
 def _filter_top_k(logits: Tensor, ks: Sequence[int]) -> Tensor:
@@ -57,9 +60,15 @@ def sample(logits: Tensor, rows: Sequence[SamplingOptions], positions: Sequence[
 
     ``positions`` are the positions the sampled tokens take in their sequences.
     """
-    greedy = logits.argmax(dim=-1)
     if all(r.temperature == 0.0 for r in rows):
-        return greedy
+        return logits.argmax(dim=-1)
+    if (
+        logits.device.type == "cuda"
+        and HAS_TRITON
+        and not any(r.top_k > 0 or r.top_p < 1.0 for r in rows)
+    ):
+        return _fused(logits, rows, positions)
+    greedy = logits.argmax(dim=-1)
     temps = torch.tensor(
         [r.temperature if r.temperature > 0 else 1.0 for r in rows], device=logits.device
     )
@@ -72,3 +81,14 @@ def sample(logits: Tensor, rows: Sequence[SamplingOptions], positions: Sequence[
     drawn = (probs / _noise(tuple(probs.shape), rows, positions, logits.device)).argmax(dim=-1)  # type: ignore[arg-type]
     is_greedy = torch.tensor([r.temperature == 0.0 for r in rows], device=logits.device)
     return torch.where(is_greedy, greedy, drawn)
+
+
+def _fused(logits: Tensor, rows: Sequence[SamplingOptions], positions: Sequence[int]) -> Tensor:
+    """Temperature sampling in one pass over the logits (the Gumbel-max kernel). A seeded row's
+    noise is keyed by its seed and the token's position; other rows draw a fresh seed."""
+    seeds = [r.seed if r.seed is not None else _SEEDS.getrandbits(63) for r in rows]
+    host = torch.tensor([[float(r.temperature) for r in rows]], dtype=torch.float32)
+    ints = torch.tensor([seeds, list(positions)], dtype=torch.int64)
+    temps = host[0].to(logits.device, non_blocking=True)
+    seeds_t, offsets = ints.to(logits.device, non_blocking=True).unbind(0)
+    return gumbel_argmax(logits, temps, seeds_t, offsets)
