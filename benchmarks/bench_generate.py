@@ -111,6 +111,13 @@ def _idle(engine: GenerateEngine) -> dict[str, float]:
 
 
 def run_stoker(args: argparse.Namespace, decoder: Decoder, work: list[Any]) -> dict[str, Any]:
+    if decoder.device.type == "cuda":
+        free, total = torch.cuda.mem_get_info()
+        print(
+            f"GPU memory before the engine: {free / 2**30:.1f} of {total / 2**30:.1f} GiB free, "
+            f"{torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated, "
+            f"{torch.cuda.memory_reserved() / 2**30:.1f} GiB reserved by torch"
+        )
     engine = GenerateEngine(
         "random-" + args.shape,
         decoder=decoder,
