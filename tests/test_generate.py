@@ -311,3 +311,16 @@ def test_a_slow_stream_reader_gets_the_backlog_as_one_chunk(llama: Path, engine_
     assert [t for c in chunks for t in c.token_ids] == expected
     assert len(chunks) < len(expected)
     assert chunks[-1].finish_reason == "length"
+
+
+def test_a_ready_decoder_sizes_the_cache_by_its_own_dtype(llama: Path, engine_of: Any) -> None:
+    from stoker.generate import Decoder, load_weights
+
+    blocks = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        decoder = Decoder(read_config(llama), dtype, "cpu")
+        load_weights(decoder, llama)
+        engine = engine_of(llama, decoder=decoder, max_num_seqs=2, cpu_kv_bytes=1 << 20)
+        assert engine.runner.cache[0][0].dtype == dtype
+        blocks[dtype] = engine.num_blocks
+    assert blocks[torch.bfloat16] == 2 * blocks[torch.float32]

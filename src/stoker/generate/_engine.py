@@ -94,11 +94,15 @@ class GenerateEngine:
         name: str | None = None,
         decoder: Decoder | None = None,
     ) -> None:
+        """``decoder``: a model already built and loaded (``model`` then only names the folder
+        of its tokenizer); its device and dtype override ``device`` and ``dtype``."""
         self.model_folder = Path(model)
         self.model_name = name or self.model_folder.name
         self.config = read_config(self.model_folder) if decoder is None else decoder.cfg
         cfg = self.config
-        if dtype is None:
+        if decoder is not None:  # a ready model brings its own device and precision
+            device, dtype = str(decoder.device), decoder.dtype
+        elif dtype is None:
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         self.max_model_len = min(
             max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings
