@@ -320,7 +320,7 @@ def test_a_ready_decoder_sizes_the_cache_by_its_own_dtype(llama: Path, engine_of
     for dtype in (torch.float32, torch.bfloat16):
         decoder = Decoder(read_config(llama), dtype, "cpu")
         load_weights(decoder, llama)
-        engine = engine_of(llama, decoder=decoder, max_num_seqs=2, cpu_kv_bytes=1 << 20)
+        engine = engine_of(llama, decoder=decoder, max_num_seqs=16, cpu_kv_bytes=1 << 20)
         assert engine.runner.cache[0][0].dtype == dtype
         blocks[dtype] = engine.num_blocks
     assert blocks[torch.bfloat16] == 2 * blocks[torch.float32]
