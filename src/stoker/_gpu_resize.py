@@ -11,32 +11,18 @@ input rows and output columns that survive the crop are computed.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import types
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 
 from stoker._spec import ImageSpec
-
-try:
-    import triton  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    import triton.language as tl  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    from triton.runtime.jit import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
-        JITFunction,
-    )
-
-    HAS_TRITON = True
-except ImportError:  # the CPU-only install never needs it
-    HAS_TRITON = False
+from stoker._triton import HAS_TRITON, interpreted, interpreter_warnings, jit, tl, triton
 
 __all__ = ["HAS_TRITON", "resize_into"]
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 # Filter kinds (the kernels' KIND): < 2 triangle, < 4 cubic; even ones antialiased.
 _AA_TRIANGLE, _BILINEAR, _AA_CUBIC, _BICUBIC, _NEAREST = range(5)
@@ -47,15 +33,7 @@ _AA_TRIANGLE, _BILINEAR, _AA_CUBIC, _BICUBIC, _NEAREST = range(5)
 _BLOCKS, _BLOCKS_INTERPRETED = (8, 64), (128, 32)
 
 
-def _jit(fn: _F) -> _F:
-    # Compiled kernels whatever TRITON_INTERPRET says; CPU tensors get interpreted copies
-    # (_interpreted). The kernels call no @jit function of triton.language (tl.zeros is one), as
-    # those are interpreted only when TRITON_INTERPRET was set before triton's import: so CPU
-    # tensors work regardless of import order. Without triton the kernels are never called.
-    return cast(_F, JITFunction(fn)) if HAS_TRITON else fn
-
-
-@_jit
+@jit
 def _window(o: tl.tensor, in_size: tl.tensor, out_size: tl.tensor, KIND: tl.constexpr) -> Any:
     """Taps [first, first + count) of output index o, and where the filter is centered."""
     scale = in_size.to(tl.float32) / out_size.to(tl.float32)
@@ -88,7 +66,7 @@ def _window(o: tl.tensor, in_size: tl.tensor, out_size: tl.tensor, KIND: tl.cons
     return first, count, c, inv
 
 
-@_jit
+@jit
 def _weight(d: tl.tensor, KIND: tl.constexpr) -> tl.tensor:
     a = tl.abs(d)
     if KIND < 2:
@@ -102,7 +80,7 @@ def _weight(d: tl.tensor, KIND: tl.constexpr) -> tl.tensor:
         return a * 0.0 + 1.0
 
 
-@_jit
+@jit
 def _hpass(
     table: tl.tensor, tmp: tl.tensor, tiles_x: tl.tensor, taps: tl.tensor, KIND: tl.constexpr,
     BR: tl.constexpr, BX: tl.constexpr,
@@ -138,7 +116,7 @@ def _hpass(
     tl.store(dst, acc * norm[None, :, None], mask=keep)
 
 
-@_jit
+@jit
 def _vpass(
     table: tl.tensor, tmp: tl.tensor, out: tl.tensor, out_h: tl.tensor, out_w: tl.tensor,
     tiles_x: tl.tensor, taps: tl.tensor, KIND: tl.constexpr, BR: tl.constexpr, BX: tl.constexpr,
@@ -184,28 +162,8 @@ def _vpass(
 @functools.cache
 def _interpreted() -> tuple[Any, Any]:
     """Interpreted copies of the two kernels, for tensors on the CPU (tests without a GPU)."""
-    from triton.runtime.interpreter import (  # type: ignore[import-untyped,unused-ignore]
-        InterpretedFunction,
-    )
-
-    # The copies live in a private namespace where the helper is interpreted too (an interpreted
-    # kernel cannot call a compiled helper); the interpreter also adds its own globals there.
-    ns = dict(globals())
-    for name in ("_window", "_weight", "_hpass", "_vpass"):
-        raw = cast(Any, globals()[name]).fn
-        ns[name] = InterpretedFunction(types.FunctionType(raw.__code__, ns, raw.__name__))
+    ns = interpreted(globals(), ("_window", "_weight", "_hpass", "_vpass"))
     return ns["_hpass"], ns["_vpass"]
-
-
-@contextlib.contextmanager
-def _interpreter_warnings() -> Iterator[None]:
-    # The interpreter hands scalar arguments around as 1-element arrays, and range() over one
-    # makes numpy (>= 1.25) warn about converting an array to a scalar; harmless here.
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", "Conversion of an array with ndim > 0", DeprecationWarning
-        )
-        yield
 
 
 def _resize_target(spec: ImageSpec, height: int, width: int) -> tuple[int, int]:
@@ -342,7 +300,7 @@ def resize_into(
     grid = (triton.cdiv(max_h, br) * tiles, len(images))
     hpass, vpass = _interpreted() if interpreted else cast(tuple[Any, Any], (_hpass, _vpass))
     # Triton launches on the current device (and its current stream); make that the images' one.
-    with _interpreter_warnings() if interpreted else torch.cuda.device(out.device):
+    with interpreter_warnings() if interpreted else torch.cuda.device(out.device):
         hpass[grid](meta, tmp, tiles, taps_x, kind, br, bx)
         tiles = triton.cdiv(out_w, bx)
         grid = (triton.cdiv(out_h, br) * tiles, len(images))

@@ -16,25 +16,12 @@ captured in a CUDA graph.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import types
-import warnings
-from collections.abc import Callable, Iterator
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, cast
 
 import torch
 
-try:
-    import triton  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    import triton.language as tl  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    from triton.runtime.jit import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
-        JITFunction,
-    )
-
-    HAS_TRITON = True
-except ImportError:  # CPU-only installs use the reference
-    HAS_TRITON = False
+from stoker._triton import HAS_TRITON, interpreted, interpreter_warnings, jit, tl, triton
 
 __all__ = [
     "HAS_TRITON",
@@ -44,7 +31,6 @@ __all__ = [
     "write_kv",
 ]
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 _LOG2E = 1.4426950408889634
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _INTS = (torch.int32, torch.int64)
@@ -52,25 +38,17 @@ _INTS = (torch.int32, torch.int64)
 _KEYS_INTERPRETED = 32
 
 
-def _jit(fn: _F) -> _F:
-    # Compiled kernels whatever TRITON_INTERPRET says; CPU tensors get interpreted copies
-    # (_interpreted). The kernel calls no @jit function of triton.language (tl.max, tl.sum and
-    # tl.zeros are ones): those are interpreted only when TRITON_INTERPRET was set before
-    # triton's import, so it reduces with tl.reduce and its own combine functions instead.
-    return cast(_F, JITFunction(fn)) if HAS_TRITON else fn
-
-
-@_jit
+@jit
 def _maximum(a: tl.tensor, b: tl.tensor) -> tl.tensor:
     return tl.maximum(a, b)
 
 
-@_jit
+@jit
 def _add(a: tl.tensor, b: tl.tensor) -> tl.tensor:
     return a + b
 
 
-@_jit
+@jit
 def _paged_attention_kernel(
     q_ptr: tl.tensor,
     k_ptr: tl.tensor,
@@ -160,32 +138,13 @@ def _paged_attention_kernel(
 @functools.cache
 def _interpreted() -> Any:
     """An interpreted copy of the kernel, for CPU tensors (tests without a GPU)."""
-    from triton.runtime.interpreter import (  # type: ignore[import-untyped,unused-ignore]
-        InterpretedFunction,
-    )
-
-    # The copy lives in a private namespace where its helpers are interpreted too (an
-    # interpreted kernel cannot call a compiled one). triton's own max and sum combiners, where
-    # this triton has them, let the interpreter reduce with numpy instead of element by element.
-    ns = dict(globals())
-    for name in ("_maximum", "_add", "_paged_attention_kernel"):
-        raw = cast(Any, globals()[name]).fn
-        ns[name] = InterpretedFunction(types.FunctionType(raw.__code__, ns, raw.__name__))
+    ns = interpreted(globals(), ("_maximum", "_add", "_paged_attention_kernel"))
+    # triton's own max and sum combiners, where this triton has them, let the interpreter reduce
+    # with numpy instead of element by element.
     standard = getattr(tl, "standard", None)
     for name, fast in (("_maximum", "_elementwise_max"), ("_add", "_sum_combine")):
         ns[name] = getattr(standard, fast, ns[name])
     return ns["_paged_attention_kernel"]
-
-
-@contextlib.contextmanager
-def _interpreter_warnings() -> Iterator[None]:
-    # The interpreter hands scalar arguments around as 1-element arrays, and range() over one
-    # makes numpy (>= 1.25) warn about converting an array to a scalar; harmless here.
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", "Conversion of an array with ndim > 0", DeprecationWarning
-        )
-        yield
 
 
 def _check(
@@ -372,7 +331,7 @@ def paged_attention_triton(
     rows, tokens, keys = _tiles(group, max_query_len, q.dtype, head_dim)
     grid = (triton.cdiv(max_query_len, tokens), n_kv, batch)
     kernel = _interpreted() if interpreted else cast(Any, _paged_attention_kernel)
-    with _interpreter_warnings() if interpreted else torch.cuda.device(q.device):
+    with interpreter_warnings() if interpreted else torch.cuda.device(q.device):
         kernel[grid](
             q,
             k_cache,

@@ -17,29 +17,23 @@ run through Triton's interpreter, for the tests.
 
 from __future__ import annotations
 
-import types
-from typing import Any, cast
+import functools
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from stoker.generate._attention import HAS_TRITON, _interpreter_warnings, _jit
-
-if HAS_TRITON:
-    import triton  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    import triton.language as tl  # type: ignore[import-untyped,import-not-found,unused-ignore]
-else:  # the kernels' annotations only
-    tl = cast(Any, types.SimpleNamespace(tensor=Any, constexpr=Any))
+from stoker._triton import HAS_TRITON, interpreted, interpreter_warnings, jit, tl, triton
 
 __all__ = ["qk_norm_rope", "rms_norm", "silu_mul"]
 
 
-@_jit
+@jit
 def _add(a: tl.tensor, b: tl.tensor) -> tl.tensor:
     return a + b
 
 
-@_jit
+@jit
 def _rms_kernel(
     x_ptr: tl.tensor,
     res_ptr: tl.tensor,
@@ -70,7 +64,7 @@ def _rms_kernel(
     tl.store(out_ptr + row * so + col, (w * y).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-@_jit
+@jit
 def _qk_kernel(
     qkv_ptr: tl.tensor,
     pos_ptr: tl.tensor,
@@ -120,7 +114,7 @@ def _qk_kernel(
     tl.store(out + HALF + d, o2.to(dtype))
 
 
-@_jit
+@jit
 def _silu_mul_kernel(
     gu_ptr: tl.tensor,
     out_ptr: tl.tensor,
@@ -142,18 +136,12 @@ def _silu_mul_kernel(
 def _kernel(name: str, device: torch.device) -> Any:
     if not HAS_TRITON:
         raise RuntimeError("the fused decoder kernels require triton (pip install triton)")
-    if device.type == "cuda":
-        return globals()[name]
-    from triton.runtime.interpreter import (  # type: ignore[import-untyped,unused-ignore]
-        InterpretedFunction,
-    )
+    return globals()[name] if device.type == "cuda" else _interpreted(name)
 
-    # An interpreted kernel cannot call a compiled helper: both get copies in one namespace.
-    ns = dict(globals())
-    for fn in ("_add", name):
-        raw = cast(Any, globals()[fn]).fn
-        ns[fn] = InterpretedFunction(types.FunctionType(raw.__code__, ns, raw.__name__))
-    return ns[name]
+
+@functools.cache
+def _interpreted(name: str) -> Any:
+    return interpreted(globals(), ("_add", name))[name]
 
 
 def _launch(name: str, device: torch.device, grid: tuple[int, ...], *args: Any, **kw: Any) -> None:
@@ -161,7 +149,7 @@ def _launch(name: str, device: torch.device, grid: tuple[int, ...], *args: Any, 
     if device.type == "cuda":
         kernel[grid](*args, **kw)
     else:
-        with _interpreter_warnings():
+        with interpreter_warnings():
             kernel[grid](*args, **kw)
 
 

@@ -24,33 +24,28 @@ graph. CPU tensors run the same kernels in Triton's interpreter (for tests witho
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import types
-import warnings
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-try:
-    import triton  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    import triton.language as tl  # type: ignore[import-untyped,import-not-found,unused-ignore]
+from stoker._triton import (
+    HAS_TRITON,
+    interpreted_copy,
+    interpreter_warnings,
+    jit,
+    tl,
+    triton,
+)
+
+if HAS_TRITON:
     from triton.language.extra import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
         libdevice,
     )
-    from triton.runtime.jit import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
-        JITFunction,
-    )
-
-    HAS_TRITON = True
-except ImportError:  # CPU-only installs: gumbel_argmax raises
-    HAS_TRITON = False
 
 __all__ = ["HAS_TRITON", "gumbel_argmax"]
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 # Philox counters per tile on a GPU: a [512, 4] tile is 2048 logits, 8 per thread of 8 warps
 # (two 16-byte loads and two Philox calls). ptxas (sm_90, triton 3.6) gives the kernel 48
 # registers a thread and no spills, so five programs fit an SM; 16 logits a thread took 128.
@@ -64,26 +59,21 @@ _PROGRAMS_INTERPRETED = 2
 _MAX_VOCAB = 1 << 30  # token ids and tile offsets stay in int32
 
 
-def _jit(fn: _F) -> _F:
-    # Compiled kernels whatever TRITON_INTERPRET says; CPU tensors get interpreted copies
-    # (_interpreted). The kernels call no @jit function of triton.language other than philox,
-    # which _interpreted copies too: tl.max, tl.argmax and tl.zeros are interpreted only when
-    # TRITON_INTERPRET was set before triton's import, so they reduce with tl.reduce and their
-    # own combine functions and build tensors with tl.full.
-    return cast(_F, JITFunction(fn)) if HAS_TRITON else fn
+# The kernels call no @jit function of triton.language other than philox, which _interpreted
+# copies too (see stoker._triton for why).
 
 
-@_jit
+@jit
 def _maximum(a: tl.tensor, b: tl.tensor) -> tl.tensor:
     return tl.maximum(a, b)
 
 
-@_jit
+@jit
 def _minimum(a: tl.tensor, b: tl.tensor) -> tl.tensor:
     return tl.minimum(a, b)
 
 
-@_jit
+@jit
 def _fast_log2(x: tl.tensor) -> tl.tensor:
     # One MUFU instruction (lg2.approx) where tl.log2 is a polynomial of about 15: the noise
     # needs no more, and the two logs per logit were a third of the kernel's arithmetic. Its
@@ -97,7 +87,7 @@ _philox: Any = tl.philox if HAS_TRITON else None
 _log2 = _fast_log2
 
 
-@_jit
+@jit
 def _gumbel_argmax_kernel(
     logits_ptr: tl.tensor,
     temp_ptr: tl.tensor,
@@ -185,7 +175,7 @@ def _gumbel_argmax_kernel(
         tl.store(part_idx_ptr + row * splits + split, idx)
 
 
-@_jit
+@jit
 def _combine_kernel(
     part_key_ptr: tl.tensor,
     part_idx_ptr: tl.tensor,
@@ -212,20 +202,11 @@ _KERNELS = ("_maximum", "_minimum", "_gumbel_argmax_kernel", "_combine_kernel")
 @functools.cache
 def _interpreted() -> dict[str, Any]:
     """Interpreted copies of the kernels, for CPU tensors (tests without a GPU)."""
-    from triton.runtime.interpreter import (  # type: ignore[import-untyped,unused-ignore]
-        InterpretedFunction,
-    )
-
-    def copy(fn: Any, ns: dict[str, Any]) -> Any:
-        raw = fn.fn
-        code = types.FunctionType(raw.__code__, ns, raw.__name__, raw.__defaults__)
-        return InterpretedFunction(code)
-
     # Copies live in private namespaces where what they call is interpreted too (an interpreted
     # kernel cannot call a compiled one): ours, and Philox's from triton.language.random.
     random = dict(vars(tl.random))
     for name in ("philox", "philox_impl"):
-        random[name] = copy(random[name], random)
+        random[name] = interpreted_copy(random[name], random)
     ns = dict(globals())
     ns["_philox"] = random["philox"]
     # A plain function, called inside the launch, finds tl.log2 patched; it spares the cost of
@@ -236,24 +217,13 @@ def _interpreted() -> dict[str, Any]:
     # copies patch it for every call without restoring, so the launch must own it.
     ns["_core"] = tl.core
     for name in _KERNELS:
-        ns[name] = copy(globals()[name], ns)
+        ns[name] = interpreted_copy(globals()[name], ns)
     # triton's own max and min combiners let the interpreter reduce with numpy instead of
     # element by element (the same results: no NaN reaches them).
     standard = getattr(tl, "standard", None)
     for name, fast in (("_maximum", "_elementwise_max"), ("_minimum", "_elementwise_min")):
         ns[name] = getattr(standard, fast, ns[name])
     return ns
-
-
-@contextlib.contextmanager
-def _interpreter_warnings() -> Iterator[None]:
-    # The interpreter hands scalar arguments around as 1-element arrays: range() over them makes
-    # numpy (>= 1.25) warn about converting an array to a scalar; harmless here.
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", "Conversion of an array with ndim > 0", DeprecationWarning
-        )
-        yield
 
 
 def _check(logits: Tensor, temperatures: Tensor, seeds: Tensor, offsets: Tensor) -> None:
@@ -320,7 +290,7 @@ def gumbel_argmax(logits: Tensor, temperatures: Tensor, seeds: Tensor, offsets: 
     kernels = _interpreted() if interpreted else globals()
     sample = cast(Any, kernels["_gumbel_argmax_kernel"])
     combine = cast(Any, kernels["_combine_kernel"])
-    with _interpreter_warnings() if interpreted else torch.cuda.device(logits.device):
+    with interpreter_warnings() if interpreted else torch.cuda.device(logits.device):
         sample[(n, splits)](
             logits,
             temperatures,
