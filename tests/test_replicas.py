@@ -213,10 +213,7 @@ class FullEngine:
 
     waiting = 0
 
-    async def infer_timed(self, image: bytes, **_: Any) -> Any:
-        raise QueueFullError("queue full")
-
-    def submit(self, image: bytes, **_: Any) -> Any:
+    def _submit(self, *_: Any) -> Any:  # what the router queues through
         raise QueueFullError("queue full")
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from stoker._answers import (
     split_rows,
 )
 from stoker._buffers import byte_view
+from stoker._callers import CallerAPI, Priority
 from stoker._errors import (
     DeadlineExceededError,
     EngineClosedError,
@@ -49,11 +50,10 @@ from stoker._stats import HistogramSnapshot, StageStats, Timings
 
 __all__ = ["Engine"]
 
-Priority = Literal["normal", "high"]
 Postprocess = Callable[[Any], Sequence[Any]]
 
 
-class Engine:
+class Engine(CallerAPI[bytes | bytearray | memoryview, Timings]):
     """Dynamic batching and inference for one model on one device; see docs/engine.md."""
 
     def __init__(
@@ -163,7 +163,7 @@ class Engine:
         timeout_ms: float | None,
         loop: asyncio.AbstractEventLoop | None,
         timed: bool,
-    ) -> tuple[int, Waiter]:
+    ) -> tuple[Waiter, Callable[[], None]]:
         # bytes are immutable; any other buffer is held through a memoryview, whose export keeps
         # a bytearray from being resized while the native queue points into it. No copies.
         data = image if type(image) is bytes else byte_view(image)
@@ -183,68 +183,12 @@ class Engine:
             if code == 1:
                 raise QueueFullError(f"queue full ({self._feeder.waiting} waiting)")
             raise EngineClosedError("the engine is closed")
-        return rid, waiter
+        return waiter, lambda: self._cancel(rid)
 
     def _cancel(self, rid: int) -> None:
         # Still queued: it never runs. Already batched: its answer is dropped on arrival.
         if self._feeder.cancel(rid):
             self._pending.pop(rid, None)
-
-    async def infer(
-        self,
-        image: bytes | bytearray | memoryview,
-        *,
-        priority: Priority = "normal",
-        timeout_ms: float | None = None,
-    ) -> Any:
-        """This image's result; cancelling the awaiting task removes a queued request."""
-        loop = asyncio.get_running_loop()
-        return await self._wait(*self._submit(image, priority, timeout_ms, loop, False))
-
-    async def infer_timed(
-        self,
-        image: bytes | bytearray | memoryview,
-        *,
-        priority: Priority = "normal",
-        timeout_ms: float | None = None,
-    ) -> tuple[Any, Timings]:
-        """``infer`` plus where this request's time went."""
-        loop = asyncio.get_running_loop()
-        result: tuple[Any, Timings] = await self._wait(
-            *self._submit(image, priority, timeout_ms, loop, True)
-        )
-        return result
-
-    async def _wait(self, rid: int, waiter: Waiter) -> Any:
-        try:
-            return await waiter  # type: ignore[misc]
-        except asyncio.CancelledError:
-            self._cancel(rid)
-            raise
-
-    def submit(
-        self,
-        image: bytes | bytearray | memoryview,
-        *,
-        priority: Priority = "normal",
-        timeout_ms: float | None = None,
-        timed: bool = False,
-    ) -> Future[Any]:
-        """A concurrent.futures.Future of the result (of ``(result, Timings)`` when ``timed``)."""
-        rid, waiter = self._submit(image, priority, timeout_ms, None, timed)
-        waiter = cast(Future[Any], waiter)
-        waiter.add_done_callback(lambda f: self._cancel(rid) if f.cancelled() else None)
-        return waiter
-
-    def infer_sync(
-        self,
-        image: bytes | bytearray | memoryview,
-        *,
-        priority: Priority = "normal",
-        timeout_ms: float | None = None,
-    ) -> Any:
-        """The blocking form of ``infer``, for threads."""
-        return self.submit(image, priority=priority, timeout_ms=timeout_ms).result()
 
     def attach(self, sink: AnswerSink) -> None:
         """Answer requests that a native front queued on ``feeder`` (ids with the sink's bit)."""
@@ -283,12 +227,6 @@ class Engine:
         leftover, self._pending = self._pending, {}
         for p in leftover.values():
             settle(p.waiter, EngineClosedError("the engine closed"), None)
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- engine threads --------------------------------------------------------------------
 

@@ -10,13 +10,14 @@ have fewer requests outstanding.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import threading
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
 
+from stoker._answers import Waiter
+from stoker._callers import CallerAPI, Priority
 from stoker._engine import Engine
 from stoker._errors import QueueFullError
 from stoker._models import ModelLike, top_k
@@ -28,7 +29,6 @@ from stoker.server._metrics import DeviceSource
 
 __all__ = ["Replicas", "build_engine", "device_sources", "merge_stats"]
 
-Priority = Literal["normal", "high"]
 Image = bytes | bytearray | memoryview
 
 # The native pool is process-wide: an engine's feeder takes the pool current when it is built,
@@ -36,7 +36,7 @@ Image = bytes | bytearray | memoryview
 _POOL_LOCK = threading.Lock()
 
 
-class Replicas:
+class Replicas(CallerAPI[Image, Timings]):
     """Engines of one model, one per device; each request goes to the least-loaded one.
 
     Offers what a served model needs of an ``Engine``: ``infer``, ``infer_timed``, ``submit``,
@@ -79,55 +79,21 @@ class Replicas:
         with self._lock:
             return tuple(self._load)
 
-    async def _call(
-        self, timed: bool, image: Image, priority: Priority, timeout_ms: float | None
-    ) -> Any:
+    def _submit(
+        self,
+        item: Image,
+        priority: Priority,
+        timeout_ms: float | None,
+        loop: asyncio.AbstractEventLoop | None,
+        timed: bool,
+    ) -> tuple[Waiter, Callable[[], None] | None]:
         tried: list[int] = []
         while True:
             i = self._acquire(tried)
-            engine = self.engines[i]
             try:
-                if timed:
-                    return await engine.infer_timed(image, priority=priority, timeout_ms=timeout_ms)
-                return await engine.infer(image, priority=priority, timeout_ms=timeout_ms)
+                waiter, cancel = self.engines[i]._submit(item, priority, timeout_ms, loop, timed)
             except QueueFullError:
                 # Refused at submission, so never queued: another engine may still have room.
-                tried.append(i)
-                if len(tried) == len(self.engines):
-                    raise
-            finally:
-                self._release(i)
-
-    async def infer(
-        self, image: Image, *, priority: Priority = "normal", timeout_ms: float | None = None
-    ) -> Any:
-        """This image's result, from the least-loaded engine."""
-        return await self._call(False, image, priority, timeout_ms)
-
-    async def infer_timed(
-        self, image: Image, *, priority: Priority = "normal", timeout_ms: float | None = None
-    ) -> tuple[Any, Timings]:
-        """``infer`` plus where this request's time went."""
-        result: tuple[Any, Timings] = await self._call(True, image, priority, timeout_ms)
-        return result
-
-    def submit(
-        self,
-        image: Image,
-        *,
-        priority: Priority = "normal",
-        timeout_ms: float | None = None,
-        timed: bool = False,
-    ) -> Future[Any]:
-        """A concurrent.futures.Future of the result, as ``Engine.submit``."""
-        tried: list[int] = []
-        while True:
-            i = self._acquire(tried)
-            try:
-                future = self.engines[i].submit(
-                    image, priority=priority, timeout_ms=timeout_ms, timed=timed
-                )
-            except QueueFullError:
                 self._release(i)
                 tried.append(i)
                 if len(tried) == len(self.engines):
@@ -136,14 +102,8 @@ class Replicas:
             except BaseException:
                 self._release(i)
                 raise
-            future.add_done_callback(lambda _, i=i: self._release(i))  # type: ignore[misc]
-            return future
-
-    def infer_sync(
-        self, image: Image, *, priority: Priority = "normal", timeout_ms: float | None = None
-    ) -> Any:
-        """The blocking form of ``infer``, for threads."""
-        return self.submit(image, priority=priority, timeout_ms=timeout_ms).result()
+            waiter.add_done_callback(lambda _, i=i: self._release(i))  # type: ignore[misc]
+            return waiter, cancel
 
     # --- state -----------------------------------------------------------------------------
 
@@ -164,12 +124,6 @@ class Replicas:
         """Close every engine: each answers what it holds, then stops."""
         for e in self.engines:
             e.close()
-
-    def __enter__(self) -> Replicas:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def merge_stats(

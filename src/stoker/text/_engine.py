@@ -21,12 +21,13 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
 import numpy as np
 import torch
 
 from stoker._answers import Pending, Waiter, deliver, device_error
+from stoker._callers import CallerAPI, Priority
 from stoker._errors import DeadlineExceededError, EngineClosedError, QueueFullError
 from stoker._stats import HistogramSnapshot
 from stoker.text._bert import load_encoder
@@ -36,7 +37,6 @@ from stoker.text._tokenize import EmptyTextError, TextError, TextTokenizer, Text
 
 __all__ = ["DEFAULT_BUCKETS", "TextEngine"]
 
-Priority = Literal["normal", "high"]
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256)
 
 
@@ -106,7 +106,7 @@ class _Flight:
         self.done: torch.cuda.Event | None = None
 
 
-class TextEngine:
+class TextEngine(CallerAPI[str, TextTimings]):
     """Dynamic, length-bucketed batching of one sentence encoder; see docs/text.md.
 
     ``model`` is a model folder (None: the installed all-MiniLM-L6-v2). Inputs longer than the
@@ -188,7 +188,8 @@ class TextEngine:
         timeout_ms: float | None,
         loop: asyncio.AbstractEventLoop | None,
         timed: bool,
-    ) -> Waiter:
+    ) -> tuple[Waiter, None]:
+        # A cancelled request stays queued until its bucket is cut, which drops it.
         start = time.monotonic_ns()
         if priority not in ("normal", "high"):
             raise ValueError(f"priority must be 'normal' or 'high', got {priority!r}")
@@ -210,43 +211,7 @@ class TextEngine:
             (bucket.high if priority == "high" else bucket.normal).append(request)
             self._waiting += 1
             self._cond.notify()
-        return waiter
-
-    async def infer(
-        self, text: str, *, priority: Priority = "normal", timeout_ms: float | None = None
-    ) -> Any:
-        """This text's embedding; cancelling the awaiting task drops a queued request."""
-        waiter = self._submit(text, priority, timeout_ms, asyncio.get_running_loop(), False)
-        return await cast(asyncio.Future[Any], waiter)
-
-    async def infer_timed(
-        self, text: str, *, priority: Priority = "normal", timeout_ms: float | None = None
-    ) -> tuple[Any, TextTimings]:
-        """``infer`` plus where this request's time went, and its token count."""
-        loop = asyncio.get_running_loop()
-        waiter = self._submit(text, priority, timeout_ms, loop, True)
-        result: tuple[Any, TextTimings] = await cast(asyncio.Future[Any], waiter)
-        return result
-
-    def submit(
-        self,
-        text: str,
-        *,
-        priority: Priority = "normal",
-        timeout_ms: float | None = None,
-        timed: bool = False,
-    ) -> Future[Any]:
-        """A concurrent.futures.Future of the embedding (of ``(embedding, TextTimings)`` when
-        ``timed``); cancelling it drops the request if it is still queued."""
-        waiter = self._submit(text, priority, timeout_ms, None, timed)
-        assert isinstance(waiter, Future)
-        return waiter
-
-    def infer_sync(
-        self, text: str, *, priority: Priority = "normal", timeout_ms: float | None = None
-    ) -> Any:
-        """The blocking form of ``infer``, for threads."""
-        return self.submit(text, priority=priority, timeout_ms=timeout_ms).result()
+        return waiter, None
 
     # --- state -----------------------------------------------------------------------------
 
@@ -275,12 +240,6 @@ class TextEngine:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join()
-
-    def __enter__(self) -> TextEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- engine threads --------------------------------------------------------------------
 
