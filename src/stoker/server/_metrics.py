@@ -4,9 +4,7 @@ The engines keep their own lock-free native histograms (see ``stoker._stats``); 
 the request path except one counter increment. Each scrape reads every engine's snapshots and
 converts them into Prometheus families, so the cost of a scrape does not grow with traffic.
 
-Generation requests are longer and fewer: their time to first token, inter-token latency, token
-counts and finish reasons are observed on the request path, and the generators' state (running
-and waiting sequences, KV-cache usage, prefix-cache hits) is read at scrape time.
+Generation requests have series of their own (``_gen_metrics``).
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Histogram,
     generate_latest,
 )
 from prometheus_client.metrics_core import (
@@ -33,7 +30,7 @@ from prometheus_client.metrics_core import (
 
 from stoker import _native
 from stoker._stats import STAGES, HistogramSnapshot
-from stoker.generate._types import FinishReason, GeneratorStats
+from stoker.server._gen_metrics import GenerationMetrics, GenerationSeries, GeneratorStatsSource
 
 __all__ = ["DeviceSource", "GenerationMetrics", "ServerMetrics"]
 
@@ -42,7 +39,6 @@ CountsSource = Callable[[], Iterable[tuple[str, str, int, int]]]
 DepthSource = Callable[[], int]
 DeviceSource = tuple[str, StatsSource, DepthSource]
 """One engine of a model: its device's label, its ``stats`` and its queue depth."""
-GeneratorStatsSource = Callable[[], GeneratorStats]
 
 _US_PER_S = 1_000_000.0
 _UPPER_BOUNDS: npt.NDArray[np.uint64] = np.asarray(_native.Histogram.upper_bounds())
@@ -70,8 +66,6 @@ _STAGE_LE = [str((u + 1) / _US_PER_S) for u in _STAGE_UPPERS]
 _BATCH_INDEX, _BATCH_UPPERS = _edges(range(1, 14))
 _BATCH_LE = [str(float(u)) for u in _BATCH_UPPERS]
 # Powers of two, as above: about 1 ms to 64 s until the first token, 0.25 ms to 4 s between tokens.
-_TTFT_BUCKETS = [2.0**k for k in range(-10, 7)]
-_INTER_TOKEN_BUCKETS = [2.0**k for k in range(-12, 3)]
 
 
 def _buckets(
@@ -207,100 +201,6 @@ class _Families:
         ]
 
 
-class _GeneratorCollector:
-    """The generators' state, read from their ``stats()`` at scrape time."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sources: dict[str, GeneratorStatsSource] = {}
-
-    def add(self, model: str, stats: GeneratorStatsSource) -> None:
-        with self._lock:
-            if model in self._sources:
-                raise ValueError(f"model {model!r} already has a generator registered")
-            self._sources[model] = stats
-
-    def describe(self) -> Iterable[Metric]:
-        return _GeneratorFamilies().all()
-
-    def collect(self) -> Iterable[Metric]:
-        with self._lock:
-            sources = list(self._sources.items())
-        f = _GeneratorFamilies()
-        for model, source in sources:
-            stats = source()
-            f.running.add_metric([model], float(stats.running))
-            f.waiting.add_metric([model], float(stats.waiting))
-            f.kv_usage.add_metric([model], stats.kv_usage)
-            f.prefix_hits.add_metric([model], stats.prefix_hit_rate)
-            f.preemptions.add_metric([model], float(stats.preemptions))
-        return f.all()
-
-
-class _GeneratorFamilies:
-    """A scrape's generator families, empty until filled."""
-
-    def __init__(self) -> None:
-        self.running = GaugeMetricFamily(
-            "stoker_generation_running", "Sequences being generated.", labels=["model"]
-        )
-        self.waiting = GaugeMetricFamily(
-            "stoker_generation_waiting",
-            "Sequences waiting for their first step.",
-            labels=["model"],
-        )
-        self.kv_usage = GaugeMetricFamily(
-            "stoker_kv_cache_usage", "Share of the KV-cache blocks in use.", labels=["model"]
-        )
-        self.prefix_hits = GaugeMetricFamily(
-            "stoker_prefix_cache_hit_rate",
-            "Share of looked-up prompt blocks found in the prefix cache since the start.",
-            labels=["model"],
-        )
-        self.preemptions = CounterMetricFamily(
-            "stoker_generation_preemptions",
-            "Sequences preempted to free KV-cache blocks (recomputed later).",
-            labels=["model"],
-        )
-
-    def all(self) -> list[Metric]:
-        return [self.running, self.waiting, self.kv_usage, self.prefix_hits, self.preemptions]
-
-
-class GenerationMetrics:
-    """One generator's request-path metrics, with their label children bound once."""
-
-    def __init__(
-        self,
-        model: str,
-        ttft: Histogram,
-        inter_token: Histogram,
-        prompt_tokens: Counter,
-        generated_tokens: Counter,
-        finished: Counter,
-    ) -> None:
-        self._ttft = ttft.labels(model)
-        self._inter_token = inter_token.labels(model)
-        self._prompt_tokens = prompt_tokens.labels(model)
-        self._generated = generated_tokens.labels(model)
-        self._finished = {r: finished.labels(model, r) for r in ("stop", "length", "abort")}
-
-    def first_token(self, seconds: float, prompt_tokens: int) -> None:
-        """A request's first chunk came ``seconds`` after the request."""
-        self._ttft.observe(seconds)
-        self._prompt_tokens.inc(prompt_tokens)
-
-    def tokens(self, count: int, seconds: float | None) -> None:
-        """A chunk of ``count`` tokens, ``seconds`` after the previous chunk (None: the first)."""
-        self._generated.inc(count)
-        if seconds is not None and count:
-            self._inter_token.observe(seconds / count)
-
-    def finished(self, reason: FinishReason) -> None:
-        """A request ended: stop, length, or abort (an error, or the client went away)."""
-        self._finished[reason].inc()
-
-
 class ServerMetrics:
     """The server's metrics in a registry of its own, so several servers never share series."""
 
@@ -316,40 +216,7 @@ class ServerMetrics:
         self._children: dict[tuple[str, str, int], Counter] = {}
         self._engines = _EngineCollector()
         self._registry.register(self._engines)
-        self._generators = _GeneratorCollector()
-        self._registry.register(self._generators)
-        self._ttft = Histogram(
-            "stoker_generation_ttft_seconds",
-            "Time from a generation request's arrival to its first tokens.",
-            ["model"],
-            buckets=_TTFT_BUCKETS,
-            registry=self._registry,
-        )
-        self._inter_token = Histogram(
-            "stoker_generation_inter_token_seconds",
-            "Time between a sequence's successive chunks of tokens, per token of the chunk.",
-            ["model"],
-            buckets=_INTER_TOKEN_BUCKETS,
-            registry=self._registry,
-        )
-        self._prompt_tokens = Counter(
-            "stoker_generation_prompt_tokens",
-            "Prompt tokens of generation requests that got their first tokens.",
-            ["model"],
-            registry=self._registry,
-        )
-        self._generated_tokens = Counter(
-            "stoker_generation_tokens",
-            "Tokens generated for requests.",
-            ["model"],
-            registry=self._registry,
-        )
-        self._finished = Counter(
-            "stoker_generation_requests",
-            "Generation requests ended, by finish reason (stop, length, abort).",
-            ["model", "finish_reason"],
-            registry=self._registry,
-        )
+        self._generation = GenerationSeries(self._registry)
         self._native: list[CountsSource] = []
         self._synced: dict[tuple[str, str, int], int] = {}
         self._sync_lock = threading.Lock()
@@ -387,15 +254,7 @@ class ServerMetrics:
     def add_generator(self, model: str, stats: GeneratorStatsSource) -> GenerationMetrics:
         """Export a generator: ``stats`` is called at scrape time; the request path records
         through the returned object. Raises ValueError if ``model`` is already exported."""
-        self._generators.add(model, stats)
-        return GenerationMetrics(
-            model,
-            self._ttft,
-            self._inter_token,
-            self._prompt_tokens,
-            self._generated_tokens,
-            self._finished,
-        )
+        return self._generation.add(model, stats)
 
     def remove_engine(self, model: str) -> None:
         """Stop exporting a model's engine (its request counters stay). KeyError if unknown."""

@@ -1,0 +1,169 @@
+"""Prometheus series of text generation.
+
+Generation requests are longer and fewer than inference requests: their time to first token,
+inter-token latency, token counts and finish reasons are observed on the request path, and the
+generators' state (running and waiting sequences, KV-cache usage, prefix-cache hits,
+preemptions) is read from their ``stats()`` at scrape time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from stoker.generate._types import FinishReason, GeneratorStats
+
+__all__ = ["GenerationMetrics", "GenerationSeries", "GeneratorStatsSource"]
+
+GeneratorStatsSource = Callable[[], GeneratorStats]
+
+_TTFT_BUCKETS = [2.0**k for k in range(-10, 7)]
+_INTER_TOKEN_BUCKETS = [2.0**k for k in range(-12, 3)]
+
+
+class _GeneratorCollector:
+    """The generators' state, read from their ``stats()`` at scrape time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sources: dict[str, GeneratorStatsSource] = {}
+
+    def add(self, model: str, stats: GeneratorStatsSource) -> None:
+        with self._lock:
+            if model in self._sources:
+                raise ValueError(f"model {model!r} already has a generator registered")
+            self._sources[model] = stats
+
+    def describe(self) -> Iterable[Metric]:
+        return _GeneratorFamilies().all()
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            sources = list(self._sources.items())
+        f = _GeneratorFamilies()
+        for model, source in sources:
+            stats = source()
+            f.running.add_metric([model], float(stats.running))
+            f.waiting.add_metric([model], float(stats.waiting))
+            f.kv_usage.add_metric([model], stats.kv_usage)
+            f.prefix_hits.add_metric([model], stats.prefix_hit_rate)
+            f.preemptions.add_metric([model], float(stats.preemptions))
+        return f.all()
+
+
+class _GeneratorFamilies:
+    """A scrape's generator families, empty until filled."""
+
+    def __init__(self) -> None:
+        self.running = GaugeMetricFamily(
+            "stoker_generation_running", "Sequences being generated.", labels=["model"]
+        )
+        self.waiting = GaugeMetricFamily(
+            "stoker_generation_waiting",
+            "Sequences waiting for their first step.",
+            labels=["model"],
+        )
+        self.kv_usage = GaugeMetricFamily(
+            "stoker_kv_cache_usage", "Share of the KV-cache blocks in use.", labels=["model"]
+        )
+        self.prefix_hits = GaugeMetricFamily(
+            "stoker_prefix_cache_hit_rate",
+            "Share of looked-up prompt blocks found in the prefix cache since the start.",
+            labels=["model"],
+        )
+        self.preemptions = CounterMetricFamily(
+            "stoker_generation_preemptions",
+            "Sequences preempted to free KV-cache blocks (recomputed later).",
+            labels=["model"],
+        )
+
+    def all(self) -> list[Metric]:
+        return [self.running, self.waiting, self.kv_usage, self.prefix_hits, self.preemptions]
+
+
+class GenerationMetrics:
+    """One generator's request-path metrics, with their label children bound once."""
+
+    def __init__(
+        self,
+        model: str,
+        ttft: Histogram,
+        inter_token: Histogram,
+        prompt_tokens: Counter,
+        generated_tokens: Counter,
+        finished: Counter,
+    ) -> None:
+        self._ttft = ttft.labels(model)
+        self._inter_token = inter_token.labels(model)
+        self._prompt_tokens = prompt_tokens.labels(model)
+        self._generated = generated_tokens.labels(model)
+        self._finished = {r: finished.labels(model, r) for r in ("stop", "length", "abort")}
+
+    def first_token(self, seconds: float, prompt_tokens: int) -> None:
+        """A request's first chunk came ``seconds`` after the request."""
+        self._ttft.observe(seconds)
+        self._prompt_tokens.inc(prompt_tokens)
+
+    def tokens(self, count: int, seconds: float | None) -> None:
+        """A chunk of ``count`` tokens, ``seconds`` after the previous chunk (None: the first)."""
+        self._generated.inc(count)
+        if seconds is not None and count:
+            self._inter_token.observe(seconds / count)
+
+    def finished(self, reason: FinishReason) -> None:
+        """A request ended: stop, length, or abort (an error, or the client went away)."""
+        self._finished[reason].inc()
+
+
+class GenerationSeries:
+    """The generation series of one registry, and the generators exported into it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._generators = _GeneratorCollector()
+        registry.register(self._generators)
+        self._ttft = Histogram(
+            "stoker_generation_ttft_seconds",
+            "Time from a generation request's arrival to its first tokens.",
+            ["model"],
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self._inter_token = Histogram(
+            "stoker_generation_inter_token_seconds",
+            "Time between a sequence's successive chunks of tokens, per token of the chunk.",
+            ["model"],
+            buckets=_INTER_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self._prompt_tokens = Counter(
+            "stoker_generation_prompt_tokens",
+            "Prompt tokens of generation requests that got their first tokens.",
+            ["model"],
+            registry=registry,
+        )
+        self._generated_tokens = Counter(
+            "stoker_generation_tokens",
+            "Tokens generated for requests.",
+            ["model"],
+            registry=registry,
+        )
+        self._finished = Counter(
+            "stoker_generation_requests",
+            "Generation requests ended, by finish reason (stop, length, abort).",
+            ["model", "finish_reason"],
+            registry=registry,
+        )
+
+    def add(self, model: str, stats: GeneratorStatsSource) -> GenerationMetrics:
+        self._generators.add(model, stats)
+        return GenerationMetrics(
+            model,
+            self._ttft,
+            self._inter_token,
+            self._prompt_tokens,
+            self._generated_tokens,
+            self._finished,
+        )
