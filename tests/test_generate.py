@@ -324,3 +324,61 @@ def test_a_ready_decoder_sizes_the_cache_by_its_own_dtype(llama: Path, engine_of
         assert engine.runner.cache[0][0].dtype == dtype
         blocks[dtype] = engine.num_blocks
     assert blocks[torch.bfloat16] == 2 * blocks[torch.float32]
+
+
+def test_the_openai_client_against_the_engine(llama: Path, engine_of: Any) -> None:
+    openai = pytest.importorskip("openai")
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from tokenizers import Tokenizer
+
+    from stoker.server import ModelConfig, ServerConfig, create_app
+
+    prompt = _prompts(1, seed=37)[0]
+    expected = engine_of(llama, max_num_seqs=2).generate([prompt], SamplingOptions(10, 0.0))[0]
+    text = Tokenizer.from_file(str(llama / "tokenizer.json")).decode(expected)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = ModelConfig(name="llm", model=str(llama), task="text-generation", max_num_seqs=4)
+    config = ServerConfig(models=(model,), port=port, token="t0ken")
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    try:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="t0ken", max_retries=0
+        )
+        assert [m.id for m in client.models.list()] == ["llm"]
+        done = client.completions.create(model="llm", prompt=prompt, max_tokens=10, temperature=0)
+        assert done.choices[0].text == text and done.choices[0].finish_reason == "length"
+        assert done.usage is not None and done.usage.completion_tokens == len(expected)
+        streamed = client.completions.create(
+            model="llm", prompt=prompt, max_tokens=10, temperature=0, stream=True
+        )
+        assert "".join(c.choices[0].text for c in streamed) == text
+        chat = client.chat.completions.create(
+            model="llm",
+            messages=[{"role": "user", "content": "hello stoker"}],
+            max_completion_tokens=5,
+            temperature=0,
+            seed=3,
+        )
+        assert chat.choices[0].message.role == "assistant"
+        assert chat.usage is not None and chat.usage.completion_tokens <= 5
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0
+            ).models.list()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

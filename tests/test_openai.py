@@ -729,6 +729,7 @@ def test_openai_client(base_url: str, fake: FakeGenerator, tokenizer: Tokenizer)
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=base_url, api_key=TOKEN, max_retries=0)
     try:
+        assert [m.id for m in client.models.list()] == [NAME]  # the image model is not listed
         done = client.completions.create(model=NAME, prompt="hello", max_tokens=40, seed=1)
         assert done.choices[0].text == REPLY and done.choices[0].finish_reason == "stop"
         assert done.usage is not None and done.usage.completion_tokens == len(fake.ids)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,22 @@ def create_app(
         """OpenAI-compatible chat completions: ``messages`` rendered by the model's chat
         template, and the options of ``/v1/completions`` (``max_completion_tokens`` too)."""
         return openai.response("chat_completions")
+
+    started = int(time.time())
+
+    @app.get("/v1/models")
+    async def openai_models(request: Request) -> Response:
+        """OpenAI-style list of the models the ``/v1`` endpoints serve: the generators and the
+        text-embedding models."""
+        refused = guarded(request, "", "models")
+        if refused is not None:
+            return refused
+        names = [*openai.names(), *front.text_tasks]
+        data = [
+            {"id": n, "object": "model", "created": started, "owned_by": "stoker"} for n in names
+        ]
+        body = json.dumps({"object": "list", "data": data})
+        return Response(body, 200, media_type="application/json")
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:

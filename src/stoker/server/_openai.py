@@ -174,6 +174,10 @@ class OpenAIRoutes:
             metrics = front.metrics.add_generator(name, g.stats)
             self._served[name] = _Served(name, g, template, metrics)
 
+    def names(self) -> list[str]:
+        """The served generators' names."""
+        return list(self._served)
+
     def response(self, kind: Kind) -> Response:
         return _Exchange(self, kind)
 
