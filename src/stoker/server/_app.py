@@ -23,6 +23,7 @@ from stoker._runner import TORCH_DTYPES
 from stoker.server._config import ServerConfig
 from stoker.server._front import IMAGE_TYPES, Front, HTTPError, Reply
 from stoker.server._openai import OpenAIRoutes, ServedGenerator
+from stoker.server._openai_protocol import Kind
 
 __all__ = ["create_app"]
 
@@ -38,18 +39,30 @@ def _response(reply: Reply) -> Response:
     return Response(body, status, headers=headers, media_type=media)
 
 
+_OPENAI_PATHS: dict[str, Kind] = {
+    "/v1/completions": "completions",
+    "/v1/chat/completions": "chat_completions",
+}
+
+
 class HotPath:
     """Raw ASGI handling of ``POST /v2/models/{name}/infer``, of a single image posted to
-    ``/v1/models/{name}/classify`` and of ``POST /v1/embeddings``; everything else goes on to
-    FastAPI."""
+    ``/v1/models/{name}/classify``, of ``POST /v1/embeddings`` and of the completion endpoints
+    (whose streams send an event per token: FastAPI's wrappers around every send cost a
+    quarter of it); everything else goes on to FastAPI."""
 
-    def __init__(self, app: ASGIApp, front: Front) -> None:
+    def __init__(self, app: ASGIApp, front: Front, openai: OpenAIRoutes) -> None:
         self.app = app
         self.front = front
+        self.openai = openai
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
+            kind = _OPENAI_PATHS.get(path)
+            if kind is not None:
+                await self.openai.serve(kind, scope, receive, send)
+                return
             if path == "/v1/embeddings":
                 await self._serve(scope, receive, send, "", "embeddings")
                 return
@@ -177,7 +190,7 @@ def create_app(
 
     app = FastAPI(title="stoker", version="0.1.0", lifespan=lifespan)
     app.state.front = front
-    app.add_middleware(HotPath, front=front)
+    app.add_middleware(HotPath, front=front, openai=openai)
 
     async def body_of(request: Request) -> bytes:
         front.check_declared_size(request.headers.get("content-length"))
