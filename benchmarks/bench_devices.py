@@ -10,7 +10,7 @@ CPU (JPEG decoding) limits one engine, the two differ; `--gpu-decode auto` moves
 Closed-loop asyncio callers on one thread await ``infer`` with the same JPEGs; the several-device
 run gets as many callers per device as a one-device run, so that each device sees the same
 offered load. Rounds interleave the runs; the figures are median ratios of images per second,
-against the issue's bar (2 GPUs >= 1.8x one GPU).
+against the target (2 GPUs >= 1.8x one GPU).
 
     python benchmarks/bench_devices.py --devices cuda:0,cuda:1            # ResNet-50, fp16
     python benchmarks/bench_devices.py --devices cpu,cpu --model tiny     # smoke check on CPU

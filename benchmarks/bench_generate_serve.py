@@ -8,8 +8,8 @@ server-sent event carrying text (TTFT), every gap between successive such events
 time per output token after the first (TPOT), and failures by kind. Samples count from
 ``--warmup`` seconds on, which lets the first wave of prefills and the kernels' compilation pass
 and the streams drift out of step; the run ends after ``--seconds`` more (requests still running
-are cut off, their gaps so far kept) or after ``--requests`` in all. The acceptance line is issue
-8's: p99 ITL at most twice p50.
+are cut off, their gaps so far kept) or after ``--requests`` in all. The acceptance line is the
+target for steady streaming: p99 ITL at most twice p50.
 
 The clients run in ``--procs`` processes of one asyncio loop each, on a hand-written HTTP/1.1 and
 SSE parser (a general client's per-event overhead would make the client part of the latency).
