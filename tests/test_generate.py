@@ -382,3 +382,27 @@ def test_the_openai_client_against_the_engine(llama: Path, engine_of: Any) -> No
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_a_failing_step_fails_its_sequences_and_the_engine_goes_on(
+    llama: Path, engine_of: Any
+) -> None:
+    engine = engine_of(llama, max_num_seqs=4)
+    prompts = _prompts(3, seed=41)
+    expected = engine.generate(prompts, GREEDY)
+    real = engine.runner.logits
+    calls = {"n": 0}
+
+    def flaky(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("the device said no")
+        return real(*args)
+
+    engine.runner.logits = flaky
+    with pytest.raises(RuntimeError, match="the device said no"):
+        engine.generate(prompts, GREEDY)
+    stats = engine.stats()
+    assert stats.running == stats.waiting == 0
+    assert stats.kv_blocks_free == stats.kv_blocks
+    assert engine.generate(prompts, GREEDY) == expected  # the engine still serves

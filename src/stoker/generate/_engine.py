@@ -21,6 +21,7 @@ import numpy.typing as npt
 import torch
 from tokenizers import Tokenizer
 
+from stoker._answers import device_error
 from stoker._native import Scheduler, SchedulerStep
 from stoker.generate._config import DecoderConfig, read_config
 from stoker.generate._model import Decoder, load_weights
@@ -136,6 +137,7 @@ class GenerateEngine:
         self._ids = itertools.count()
         self._requests: dict[int, _Request] = {}
         self._unstarted: set[int] = set()  # admitted, not yet scheduled: prefix hits unknown
+        self._owed = 0  # tokens the scheduler's update() expects for the last step
         self._inbox: list[tuple[int, _Request]] = []
         self._aborts: list[int] = []
         self._cv = threading.Condition()
@@ -264,19 +266,36 @@ class GenerateEngine:
                     pending = None
                 if not self._take():
                     break
-                launched = self._launch()
-                if pending is not None:
-                    self._deliver(self._collect(pending))
-                pending = self._finish(*launched) if launched else None
+                try:
+                    launched = self._launch()
+                    if pending is not None:
+                        self._deliver(self._collect(pending))
+                        pending = None
+                    pending = self._finish(*launched) if launched else None
+                except Exception as e:  # a failed step fails the admitted sequences, not the engine
+                    pending = None
+                    self._fail_all(device_error(e))
         except BaseException as e:  # the loop must never die silently with callers waiting
-            for request in self._requests.values():
-                self._deliver({request: ([], None)}, error=e)
+            self._fail_all(e)
             raise
         if pending is not None:
             self._deliver(self._collect(pending))
-        closed = RuntimeError("the engine closed")
-        for request in list(self._requests.values()):
-            self._deliver({request: ([], None)}, error=closed)
+        self._fail_all(RuntimeError("the engine closed"))
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Ends every admitted sequence with ``error``: the scheduler forgets them (their
+        blocks are freed) and their callers get the error."""
+        s = self.scheduler
+        with contextlib.suppress(Exception):
+            # A step may have failed between schedule() and update(): settle what it owes.
+            s.update([0] * self._owed)
+        self._owed = 0
+        for seq, request in list(self._requests.items()):
+            with contextlib.suppress(Exception):
+                s.abort(seq)
+            self._deliver({request: ([], None)}, error=error)
+        self._requests.clear()
+        self._unstarted.clear()
 
     def _idle(self) -> bool:
         s = self.scheduler
@@ -323,6 +342,7 @@ class GenerateEngine:
         if not (self.scheduler.num_running or self.scheduler.num_waiting):
             return None
         step = self.scheduler.schedule()
+        self._owed = len(step.sample)
         self._counts["preemptions"] += len(step.preempted)
         seq_ids = step.seq_ids.tolist()
         if not seq_ids:
@@ -354,6 +374,7 @@ class GenerateEngine:
         """Waits for the step's tokens and updates the scheduler."""
         tokens = sampled.tokens() if sampled is not None else []
         finished = {seq: reason for seq, _, reason in self.scheduler.update(tokens)}
+        self._owed = 0
         for seq in finished:
             del self._requests[seq]
         self._counts["steps"] += 1
