@@ -42,7 +42,12 @@ for t in $targets; do
   "$bin" -max_total_time="$seconds" -timeout=10 -print_final_stats=1 -fork=1 \
     -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 -artifact_prefix="$artifacts/" \
     "$corpus" "$build/seeds/$t" || true
-  for crash in "$artifacts"/*; do
+  # Inputs over -timeout (or flagged slow) are listed, not kept: on a loaded machine a
+  # legitimate input can run long; replay one alone to tell a hang from a slow machine.
+  for slow in "$artifacts"/timeout-* "$artifacts"/slow-unit-*; do
+    [ -e "$slow" ] && echo "fuzz_$t: slow input left in $slow"
+  done
+  for crash in "$artifacts"/crash-* "$artifacts"/leak-* "$artifacts"/oom-*; do
     [ -e "$crash" ] || continue
     mkdir -p "$regressions"
     out=$regressions/$(basename "$crash")
