@@ -73,17 +73,19 @@ def engines_of(engine: Engine | Replicas) -> tuple[Engine, ...]:
 
 def measure(
     engine: Engine | Replicas, images: Sequence[bytes], callers: int, seconds: float
-) -> tuple[float, list[int], list[float]]:
-    """Images per second, and per device: images answered and busy share of the wall time."""
+) -> tuple[float, list[int], list[float], float]:
+    """Images per second; per device, images answered and busy share of the wall time; and the
+    share of one core the callers' thread used (near 100% the callers, not stoker, set the pace)."""
     asyncio.run(_drive(engine, images, callers, min(1.0, seconds)))  # warm-up
     engine.reset_stats()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     rate = asyncio.run(_drive(engine, images, callers, seconds))
     wall = time.perf_counter() - start
+    caller_cpu = (time.thread_time() - cpu) / wall
     stats = [e.stats() for e in engines_of(engine)]
     answered = [s["total"].count for s in stats]
     busy = [s["batch_compute"].sum / 1e6 / wall for s in stats]
-    return rate, answered, busy
+    return rate, answered, busy, caller_cpu
 
 
 def build(
@@ -166,17 +168,23 @@ def main() -> None:
             print(f"round {r}:")
             bases = {}
             for key, one in baselines.items():
-                base, _, busy1 = measure(one, images, args.concurrency, args.seconds)
+                base, _, busy1, cpu1 = measure(one, images, args.concurrency, args.seconds)
                 bases[key] = base
-                print(f"  1 device, {key:11s} {base:9.1f} img/s, busy {busy1[0]:4.0%}")
-            rate, answered, busy = measure(
+                print(
+                    f"  1 device, {key:11s} {base:9.1f} img/s, busy {busy1[0]:4.0%}, "
+                    f"callers' thread {cpu1:4.0%} of a core"
+                )
+            rate, answered, busy, cpu = measure(
                 many, images, args.concurrency * len(devices), args.seconds
             )
             shares = ", ".join(
                 f"{d}: {n / max(1, sum(answered)):.0%} of images, busy {b:.0%}"
                 for d, n, b in zip(names, answered, busy, strict=True)
             )
-            print(f"  {len(devices)} devices            {rate:9.1f} img/s  ({shares})")
+            print(
+                f"  {len(devices)} devices            {rate:9.1f} img/s  ({shares}), "
+                f"callers' thread {cpu:4.0%} of a core"
+            )
             for key, base in bases.items():
                 ratios[key].append(rate / base)
     finally:
