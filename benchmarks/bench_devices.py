@@ -162,6 +162,8 @@ def main() -> None:
         baselines[_threads(share)] = build(args, devices[:1], share)
     many = build(args, devices, args.threads)
     names = many.devices if isinstance(many, Replicas) else devices
+    if args.gpu_decode is not None:
+        print(f"GPU decoder: {engines_of(many)[0].gpu_decoder}\n")
     ratios: dict[str, list[float]] = {key: [] for key in baselines}
     try:
         for r in range(args.rounds):

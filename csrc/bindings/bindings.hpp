@@ -21,5 +21,6 @@ void register_engine(nb::module_& m);
 void register_loadgen(nb::module_& m);
 void register_gateway(nb::module_& m);
 void register_generate(nb::module_& m);
+void register_nvjpeg(nb::module_& m);
 
 }  // namespace stoker::bindings

@@ -11,4 +11,5 @@ NB_MODULE(_native, m) {
   stoker::bindings::register_loadgen(m);
   stoker::bindings::register_gateway(m);
   stoker::bindings::register_generate(m);
+  stoker::bindings::register_nvjpeg(m);
 }

@@ -116,6 +116,7 @@ class Engine(CallerAPI[bytes | bytearray | memoryview, Timings]):
         decoder, self._share_policy = gpu_decode_setup(
             gpu_decode, staging, self.device, self._feeder
         )
+        self._gpu_decoder = decoder.name if decoder is not None else None
         self._runner: CpuRunner | CudaRunner
         if cuda:
             self._runner = CudaRunner(
@@ -200,6 +201,12 @@ class Engine(CallerAPI[bytes | bytearray | memoryview, Timings]):
         return self._feeder
 
     # --- state -----------------------------------------------------------------------------
+
+    @property
+    def gpu_decoder(self) -> str | None:
+        """The GPU JPEG decoder in use ("nvjpeg-hardware", "nvjpeg-cuda", "torchvision"), or
+        None without GPU decode."""
+        return self._gpu_decoder
 
     @property
     def gpu_share(self) -> float:

@@ -1,22 +1,32 @@
-"""JPEG decode on the GPU with nvJPEG (through torchvision), for the hybrid decode path.
+"""JPEG decode on the GPU for the hybrid decode path: torchvision's, or stoker's own nvJPEG binding.
 
 The GPU takes only JPEGs it decodes the way the CPU path would; the native feeder picks them with
-`_native.jpeg_gpu_friendly`, a look at the marker segments before the first scan. torchvision is
-optional and imported only when a decode is asked for.
+`_native.jpeg_gpu_friendly`, a look at the marker segments before the first scan.
+
+``STOKER_GPU_DECODER`` picks the decoder. ``torchvision`` (the default) runs nvJPEG on the SMs; it
+keeps one decoder per process, so it serves one GPU well and several GPUs in one process badly
+(it rebuilds its decoder at every change of device). ``nvjpeg`` is stoker's binding
+(`stoker._nvjpeg`): the GPU's JPEG engines, one decoder per device. It is experimental: alone it
+decodes 22,500 small JPEGs/s per H200, but inside the engine under a ResNet-50 load with the
+adaptive share it was seen to stall (benchmarks/RESULTS.md). torchvision is optional and imported
+only when a decode is asked for.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from stoker._buffers import byte_view
 
-__all__ = ["decode_jpegs", "gpu_decode_available"]
+__all__ = ["JpegDecoder", "decode_jpegs", "gpu_decode_available", "open_jpeg_decoder"]
+
+DECODERS = ("torchvision", "nvjpeg")
 
 Payload = bytes | bytearray | memoryview
 
@@ -96,3 +106,47 @@ def decode_jpegs(
     for i, image in zip(order, decoded, strict=True):
         images[i] = image
     return images, errors
+
+
+class JpegDecoder(Protocol):
+    """Batched GPU JPEG decode: (3, H, W) uint8 tensors, None and an error where an item failed."""
+
+    name: str
+
+    def decode(
+        self, payloads: Sequence[Payload]
+    ) -> tuple[list[torch.Tensor | None], dict[int, Exception]]: ...
+
+
+class TorchvisionDecoder:
+    name = "torchvision"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def decode(
+        self, payloads: Sequence[Payload]
+    ) -> tuple[list[torch.Tensor | None], dict[int, Exception]]:
+        return decode_jpegs(payloads, self.device)
+
+
+def open_jpeg_decoder(
+    device: torch.device, max_pixels: int, kind: str | None = None
+) -> JpegDecoder:
+    """The GPU JPEG decoder for ``device``: ``kind``, else ``STOKER_GPU_DECODER``, else
+    torchvision's. ValueError names why it is not available."""
+    kind = kind or os.environ.get("STOKER_GPU_DECODER", "torchvision")
+    if kind not in DECODERS:
+        raise ValueError(f"the GPU decoder must be one of {', '.join(DECODERS)}, got {kind!r}")
+    if kind == "torchvision":
+        if gpu_decode_available(device):
+            return TorchvisionDecoder(device)
+        raise ValueError(f"GPU decode is not available on {device} (torchvision with nvJPEG)")
+    if device.type != "cuda":
+        raise ValueError(f"GPU decode is not available on {device} (nvJPEG needs CUDA)")
+    from stoker._nvjpeg import NvJpeg
+
+    try:
+        return NvJpeg(device, max_pixels=max_pixels)
+    except RuntimeError as e:
+        raise ValueError(f"GPU decode is not available on {device}: {e}") from e

@@ -1,4 +1,5 @@
-"""GPU decode of part of each batch: nvJPEG through torchvision, then the batched Triton resize.
+"""GPU decode of part of each batch: nvJPEG (stoker's binding or torchvision's), then the batched
+Triton resize.
 
 The native feeder leaves a share of the GPU-friendly JPEGs undecoded. A decode thread of their own
 runs nvJPEG on them (on a stream of its own) ahead of the device thread, which then only resizes
@@ -47,13 +48,12 @@ class GpuDecoder:
     """Decodes JPEG payloads on ``device`` and resizes them into rows of a uint8 NHWC batch."""
 
     def __init__(self, spec: ImageSpec, device: torch.device) -> None:
-        from stoker._gpu_decode import gpu_decode_available
+        from stoker._gpu_decode import open_jpeg_decoder
         from stoker._gpu_resize import HAS_TRITON
 
         if not HAS_TRITON:
             raise ValueError("GPU decode needs triton for the batched resize")
-        if not gpu_decode_available(device):
-            raise ValueError(f"GPU decode is not available on {device} (torchvision with nvJPEG)")
+        self._jpeg = open_jpeg_decoder(device, spec.max_pixels)
         self._spec = spec
         self._device = device
         self._stream = (
@@ -62,16 +62,22 @@ class GpuDecoder:
             else None
         )
 
+    @property
+    def name(self) -> str:
+        """Which decoder runs: "nvjpeg-hardware", "nvjpeg-cuda" or "torchvision"."""
+        hardware = getattr(self._jpeg, "hardware", None)
+        if hardware is None:
+            return self._jpeg.name
+        return f"{self._jpeg.name}-{'hardware' if hardware else 'cuda'}"
+
     def decode(self, payloads: Sequence[Payload]) -> Decoded:
         """nvJPEG on the decoder's own stream; ``ready`` marks the end of its device work."""
-        from stoker._gpu_decode import decode_jpegs
-
         start = time.perf_counter_ns()
         if self._stream is None:
-            images, errors = decode_jpegs(payloads, self._device)
+            images, errors = self._jpeg.decode(payloads)
             return Decoded(images, errors, None, (time.perf_counter_ns() - start) / 1000)
         with torch.cuda.stream(self._stream):
-            images, errors = decode_jpegs(payloads, self._device)
+            images, errors = self._jpeg.decode(payloads)
             ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
             ready.record()
         return Decoded(images, errors, ready, (time.perf_counter_ns() - start) / 1000)

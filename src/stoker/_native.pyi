@@ -445,3 +445,39 @@ class Scheduler:
     def prefix_hits(self) -> int: ...
     @property
     def prefix_misses(self) -> int: ...
+
+class NvJpegDecoder:
+    """
+    nvJPEG for the CUDA device current when it is made;
+    every call must run with that device current.
+    """
+
+    def __init__(
+        self, backend: str = "auto", libraries: Sequence[str] = [], max_pixels: int = 0
+    ) -> None:
+        """
+        Loads the first of `libraries` that opens (default names when empty).
+        'auto' takes the GPU's JPEG engines where it has them.
+        """
+
+    @property
+    def hardware(self) -> bool:
+        """Whether the GPU's hardware JPEG engines decode."""
+
+    @property
+    def library(self) -> str:
+        """The nvJPEG library loaded."""
+
+    def inspect(self, items: object) -> list[tuple[int, int, bool, str]]:
+        """
+        (width, height, batched, error) per item; batched: the batched decoder takes it.
+        """
+
+    def decode(
+        self, items: object, out: int, capacity: int, stream: int
+    ) -> list[tuple[int, int, int, str]]:
+        """
+        Decodes to planar RGB, one image after another in the device memory at
+        `out` (`capacity` bytes), on the CUDA stream `stream`:
+        (width, height, offset, error) per item; a bad item fails alone.
+        """
