@@ -20,6 +20,7 @@ Prefix = tuple[int, ...]
 class _Sequence:
     blocks: list[int]
     tokens: list[int]
+    tentative: int = 0
 
 
 class ReferenceKVBlocks:
@@ -127,9 +128,13 @@ class ReferenceKVBlocks:
         fits = len(s.tokens) % self.block_size != 0 and self._holders[s.blocks[-1]] == 1
         return fits or self.num_free_blocks > 0
 
-    def append_slot(self, seq: int, token: int) -> tuple[bool, tuple[int, int] | None]:
+    def append_slot(
+        self, seq: int, token: int, tentative: bool = False
+    ) -> tuple[bool, tuple[int, int] | None]:
         s = self._get(seq)
         self._check_tokens([token])
+        if not tentative and s.tentative:
+            raise RuntimeError(f"settle() the tentative tokens of sequence {seq} first")
         copy = None
         if not self.can_append(seq):
             return False, None
@@ -141,9 +146,26 @@ class ReferenceKVBlocks:
             s.blocks[-1] = new
             copy = (old, new)
         s.tokens.append(token)
-        if len(s.tokens) % self.block_size == 0:
+        if tentative:
+            s.tentative += 1
+        elif len(s.tokens) % self.block_size == 0:
             self._remember(s, len(s.blocks) - 1)
         return True, copy
+
+    def settle(self, seq: int, n: int) -> None:
+        s = self._get(seq)
+        settled = len(s.tokens) - s.tentative
+        if not settled <= n <= len(s.tokens):
+            raise ValueError(
+                f"settle() keeps {settled} to {len(s.tokens)} tokens of sequence {seq}, not {n}"
+            )
+        bs = self.block_size
+        while len(s.blocks) > -(-n // bs):
+            self._drop(s.blocks.pop())
+        del s.tokens[n:]
+        s.tentative = 0
+        for i in range(settled // bs, n // bs):
+            self._remember(s, i)
 
     def fork(self, parent: int, child: int) -> None:
         p = self._get(parent)
@@ -151,7 +173,7 @@ class ReferenceKVBlocks:
             raise ValueError(f"sequence {child} already exists")
         for b in p.blocks:
             self._holders[b] += 1
-        self._seqs[child] = _Sequence(list(p.blocks), list(p.tokens))
+        self._seqs[child] = _Sequence(list(p.blocks), list(p.tokens), p.tentative)
 
     def free(self, seq: int) -> None:
         s = self._get(seq)

@@ -24,6 +24,7 @@ class Step:
     seq_ids: list[int] = field(default_factory=list)
     query_lens: list[int] = field(default_factory=list)
     context_lens: list[int] = field(default_factory=list)
+    draft_lens: list[int] = field(default_factory=list)
     block_tables: list[list[int]] = field(default_factory=list)
     slot_mapping: list[int] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
@@ -40,6 +41,7 @@ class _Seq:
     stop_token_ids: list[int]
     prefill_target: int = 0
     prefilling: bool = True
+    draft: list[int] = field(default_factory=list)
 
 
 class ReferenceScheduler:
@@ -57,6 +59,7 @@ class ReferenceScheduler:
         self._waiting: deque[int] = deque()
         self._running: list[int] = []
         self._awaiting: list[int] = []
+        self._awaiting_drafts: list[list[int]] = []
 
     @property
     def num_waiting(self) -> int:
@@ -111,21 +114,32 @@ class ReferenceScheduler:
                 return False
         return True
 
-    def _append(self, seq: int, token: int, out: Step) -> None:
-        appended, copy = self.blocks.append_slot(seq, token)
+    def propose(self, seq: int, draft: list[int]) -> None:
+        self._check_idle("propose()")
+        if seq not in self._seqs:
+            raise IndexError(f"unknown sequence {seq}")
+        if self._seqs[seq].prefilling:
+            raise ValueError(f"sequence {seq} is not decoding")
+        if any(t < 0 for t in draft):
+            raise ValueError("token ids must not be negative")
+        self._seqs[seq].draft = list(draft)
+
+    def _append(self, seq: int, token: int, out: Step, tentative: bool = False) -> None:
+        appended, copy = self.blocks.append_slot(seq, token, tentative)
         assert appended
         if copy is not None:
             out.copies.append(copy)
 
-    def _emit(self, seq: int, start: int, end: int, out: Step) -> None:
+    def _emit(self, seq: int, start: int, end: int, out: Step, draft_len: int = 0) -> None:
         s = self._seqs[seq]
         positions = list(range(start, end))
-        out.input_ids += s.tokens[start:end]
+        out.input_ids += (s.tokens + s.draft)[start:end]
         out.positions += positions
         out.slot_mapping += self.blocks.slot_mapping(seq, positions)
         out.seq_ids.append(seq)
         out.query_lens.append(end - start)
         out.context_lens.append(end)
+        out.draft_lens.append(draft_len)
         if not s.prefilling:
             out.sample.append(seq)
 
@@ -134,6 +148,7 @@ class ReferenceScheduler:
         out = Step()
         scheduled: set[int] = set()
         budget = self.max_tokens
+        spare = budget - sum(1 for q in self._running if not self._seqs[q].prefilling)
         i = 0
         while i < len(self._running):
             seq = self._running[i]
@@ -142,11 +157,19 @@ class ReferenceScheduler:
                 continue
             if not self._make_room(seq, self.blocks.can_append, scheduled, out):
                 break
+            s = self._seqs[seq]
             n = self.blocks.num_tokens(seq)
-            self._append(seq, self._seqs[seq].tokens[n], out)
-            self._emit(seq, n, n + 1, out)
+            self._append(seq, s.tokens[n], out)
+            left = s.max_new_tokens - (len(s.tokens) - s.prompt_len) - 1
+            k = 0
+            while k < min(len(s.draft), spare, left) and self.blocks.can_append(seq):
+                self._append(seq, s.draft[k], out, tentative=True)
+                k += 1
+            del s.draft[k:]
+            self._emit(seq, n, n + 1 + k, out, k)
             scheduled.add(seq)
-            budget -= 1
+            spare -= k
+            budget -= 1 + k
         i = 0
         while i < len(self._running) and budget > 0:
             seq = self._running[i]
@@ -188,30 +211,57 @@ class ReferenceScheduler:
         width = max((len(t) for t in tables), default=0)
         out.block_tables = [t + [-1] * (width - len(t)) for t in tables]
         self._awaiting = list(out.sample)
+        self._awaiting_drafts = [self._seqs[q].draft for q in self._awaiting]
+        for s in self._seqs.values():
+            s.draft = []
         return out
 
-    def update(self, sampled: list[int]) -> list[Finished]:
-        if len(sampled) != len(self._awaiting):
-            raise ValueError(f"expected {len(self._awaiting)} sampled tokens, got {len(sampled)}")
+    def update(self, sampled: list[int], counts: list[int] | None = None) -> list[Finished]:
+        rows = len(self._awaiting)
+        if counts is not None and len(counts) != rows:
+            raise ValueError(f"expected {rows} counts, got {len(counts)}")
+        per_row = list(counts) if counts is not None else [1] * rows
+        total = 0
+        for seq, draft, c in zip(self._awaiting, self._awaiting_drafts, per_row, strict=True):
+            if not 1 <= c <= len(draft) + 1:
+                raise ValueError(
+                    f"sequence {seq} carried {len(draft)} drafts, so it takes 1 to "
+                    f"{len(draft) + 1} tokens, not {c}"
+                )
+            if sampled[total : total + c - 1] != draft[: c - 1][: max(0, len(sampled) - total)]:
+                raise ValueError(f"the accepted tokens of sequence {seq} differ from its draft")
+            total += c
+        if len(sampled) != total:
+            raise ValueError(f"expected {total} sampled tokens, got {len(sampled)}")
         if any(t < 0 for t in sampled):
             raise ValueError("token ids must not be negative")
         finished: list[Finished] = []
-        for seq, t in zip(self._awaiting, sampled, strict=True):
+        offset = 0
+        for seq, draft, c in zip(self._awaiting, self._awaiting_drafts, per_row, strict=True):
+            tokens = sampled[offset : offset + c]
+            offset += c
             s = self._seqs[seq]
-            s.tokens.append(t)
-            if t == s.eos_token_id:
-                reason = "eos"
-            elif t in s.stop_token_ids:
-                reason = "stop"
-            elif len(s.tokens) - s.prompt_len >= s.max_new_tokens:
-                reason = "length"
-            else:
+            if draft:
+                self.blocks.settle(seq, self.blocks.num_tokens(seq) - len(draft) + c - 1)
+            reason = None
+            for t in tokens:
+                s.tokens.append(t)
+                if t == s.eos_token_id:
+                    reason = "eos"
+                elif t in s.stop_token_ids:
+                    reason = "stop"
+                elif len(s.tokens) - s.prompt_len >= s.max_new_tokens:
+                    reason = "length"
+                if reason is not None:
+                    break
+            if reason is None:
                 continue
             finished.append((seq, s.tokens[s.prompt_len :], reason))
             self.blocks.free(seq)
             self._running.remove(seq)
             del self._seqs[seq]
         self._awaiting = []
+        self._awaiting_drafts = []
         return finished
 
     def abort(self, seq: int) -> None:

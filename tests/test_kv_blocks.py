@@ -24,7 +24,10 @@ class Manager(Protocol):
     def can_allocate(self, n_tokens: int) -> bool: ...
     def allocate(self, seq: int, tokens: list[int]) -> int | None: ...
     def can_append(self, seq: int) -> bool: ...
-    def append_slot(self, seq: int, token: int) -> tuple[bool, tuple[int, int] | None]: ...
+    def append_slot(
+        self, seq: int, token: int, tentative: bool = False
+    ) -> tuple[bool, tuple[int, int] | None]: ...
+    def settle(self, seq: int, n: int) -> None: ...
     def fork(self, parent: int, child: int) -> None: ...
     def free(self, seq: int) -> None: ...
     def block_table(self, seq: int) -> Iterable[Any]: ...
@@ -114,7 +117,9 @@ def run_workload(seed: int, num_blocks: int, block_size: int, steps: int = 250) 
         return got[1] if got[0] == "ok" else None
 
     for _ in range(steps):
-        op = rng.choices(["allocate", "append", "fork", "free", "bad"], [3, 8, 1, 3, 1])[0]
+        op = rng.choices(
+            ["allocate", "append", "speculate", "fork", "free", "bad"], [3, 8, 3, 1, 3, 1]
+        )[0]
         cached_before = native.num_cached_blocks
         if op == "allocate" or not live:
             stem = rng.choice(stems)
@@ -138,6 +143,23 @@ def run_workload(seed: int, num_blocks: int, block_size: int, steps: int = 250) 
             if appended:
                 store.tokens[seq].append(token)
                 store.write(native, seq, len(store.tokens[seq]) - 1)
+        elif op == "speculate":
+            # Draft tokens get slots and KV like any other, then only a prefix of them is kept.
+            seq = rng.choice(live)
+            settled = len(store.tokens[seq])
+            for _ in range(rng.randint(1, 2 * block_size)):
+                token = rng.randrange(3)
+                appended, copy = both("append_slot", seq, token, True)
+                if not appended:
+                    break
+                if copy is not None:
+                    store.copy(*copy)
+                store.tokens[seq].append(token)
+                store.write(native, seq, len(store.tokens[seq]) - 1)
+            keep = rng.randint(settled, len(store.tokens[seq]))
+            events["dropped drafts"] += keep < len(store.tokens[seq])
+            both("settle", seq, keep)
+            del store.tokens[seq][keep:]
         elif op == "fork":
             parent = rng.choice(live)
             both("fork", parent, next_id)
@@ -156,6 +178,8 @@ def run_workload(seed: int, num_blocks: int, block_size: int, steps: int = 250) 
                 ("free", next_id),
                 ("slot_mapping", live[0], [ref.num_tokens(live[0])]),
                 ("can_allocate", -1),
+                ("settle", live[0], ref.num_tokens(live[0]) + 1),
+                ("settle", next_id, 0),
             ]
             assert both(*rng.choice(bad)) is None
         events["eviction"] += native.num_cached_blocks < cached_before
@@ -178,7 +202,7 @@ def test_random_workloads_exercise_every_policy() -> None:
     events: Counter[str] = Counter()
     for seed in range(10):
         events += run_workload(seed, *CONFIGS[seed % len(CONFIGS)])
-    for kind in ("hit", "copy", "out of blocks", "eviction"):
+    for kind in ("hit", "copy", "out of blocks", "eviction", "dropped drafts"):
         assert events[kind] > 0, kind
 
 
@@ -268,3 +292,31 @@ def test_native_slot_mapping_takes_lists_and_arrays() -> None:
     assert table.dtype == np.int32
     assert table.tolist() == [0, 2]
     assert 2 in m and 3 not in m
+
+
+def test_a_settled_token_cannot_follow_unsettled_drafts(
+    make: Callable[[int, int], Manager],
+) -> None:
+    m = make(8, 2)
+    m.allocate(1, [5, 6, 7])
+    assert m.append_slot(1, 8, True) == (True, None)
+    assert m.append_slot(1, 9, True) == (True, None)
+    with pytest.raises(RuntimeError, match="settle"):
+        m.append_slot(1, 10)
+    with pytest.raises(ValueError, match="keeps 3 to 5 tokens"):
+        m.settle(1, 2)
+    m.settle(1, 4)  # the first draft is kept, the second dropped with its block
+    assert m.num_tokens(1) == 4 and len(list(m.block_table(1))) == 2
+    assert m.append_slot(1, 10) == (True, None)
+
+
+def test_only_settled_drafts_fill_the_prefix_cache(make: Callable[[int, int], Manager]) -> None:
+    m = make(8, 2)
+    m.allocate(1, [5])
+    m.append_slot(1, 6, True)  # fills block 0 with a draft
+    m.settle(1, 1)
+    assert m.num_cached_blocks == 0
+    m.append_slot(1, 7, True)
+    m.settle(1, 2)
+    assert m.num_cached_blocks == 1
+    assert m.allocate(2, [5, 7, 1]) == 2  # the kept draft's block is found

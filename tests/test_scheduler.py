@@ -27,7 +27,15 @@ MAKERS: list[Callable[[int, int, int, int], Any]] = [Scheduler, ReferenceSchedul
 
 def plain(step: Any) -> dict[str, list[Any]]:
     """A step's fields as lists, whichever implementation made it."""
-    fields = ["input_ids", "positions", "seq_ids", "query_lens", "context_lens", "slot_mapping"]
+    fields = [
+        "input_ids",
+        "positions",
+        "seq_ids",
+        "query_lens",
+        "context_lens",
+        "draft_lens",
+        "slot_mapping",
+    ]
     out: dict[str, list[Any]] = {
         f: [int(v) for v in getattr(step, f)] for f in [*fields, "sample", "preempted"]
     }
@@ -81,23 +89,43 @@ def run_workload(seed: int, stats: Counter[str]) -> None:
             native.abort(victim)
             ref.abort(victim)
             del sampled_for[victim]
+        for seq in sorted(sampled_for):
+            if rng.random() < 0.4:  # drafts, sometimes for a sequence that is not decoding
+                draft = [rng.randrange(12) for _ in range(rng.randint(0, 4))]
+                proposed = outcome(partial(native.propose, seq, draft))
+                assert proposed == outcome(partial(ref.propose, seq, draft))
+                stats["proposals refused"] += proposed[0] == "error"
         step = native.schedule()
         check_native_dtypes(step)
         got = plain(step)
         assert got == plain(ref.schedule())
         stats["preempted"] += len(got["preempted"])
         stats["chunks"] += sum(s not in got["sample"] for s in got["seq_ids"])
-        rows = dict(zip(got["seq_ids"], np.cumsum(got["query_lens"]) - 1, strict=True))
+        ends = np.cumsum(got["query_lens"])
+        rows = dict(zip(got["seq_ids"], zip(ends, got["draft_lens"], strict=True), strict=True))
+        tokens: list[int] = []
+        counts: list[int] = []
         for seq in got["sample"]:
-            if sampled_for[seq]:  # a decode or a recompute ends with the last sampled token
-                assert got["input_ids"][rows[seq]] == sampled_for[seq][-1]
-        tokens = [rng.randrange(12) for _ in got["sample"]]
-        for seq, t in zip(got["sample"], tokens, strict=True):
-            sampled_for[seq].append(t)
-        finished = [(int(s), [int(t) for t in g], r) for s, g, r in native.update(tokens)]
-        assert finished == ref.update(tokens)
+            end, drafts = rows[seq]
+            if sampled_for[seq]:  # a decode or a recompute's input is the last sampled token
+                assert got["input_ids"][end - drafts - 1] == sampled_for[seq][-1]
+            accepted = rng.randint(0, drafts)
+            stats["drafts"] += drafts
+            stats["accepted"] += accepted
+            row = [*got["input_ids"][end - drafts : end - drafts + accepted], rng.randrange(12)]
+            tokens += row
+            counts.append(len(row))
+            sampled_for[seq] += row
+        per_row = counts if any(c > 1 for c in counts) or rng.random() < 0.5 else None
+        if per_row and rng.random() < 0.05:  # a bad update changes nothing
+            bad = [*per_row[:-1], per_row[-1] + 1]
+            assert outcome(partial(native.update, tokens, bad))[0] == "error"
+            assert outcome(partial(ref.update, tokens, bad))[0] == "error"
+        finished = [(int(s), [int(t) for t in g], r) for s, g, r in native.update(tokens, per_row)]
+        assert finished == ref.update(tokens, per_row)
         for seq, generated, reason in finished:
-            assert generated == sampled_for.pop(seq)
+            # Tokens past a stop condition are dropped.
+            assert generated == sampled_for.pop(seq)[: len(generated)]
             stats[reason] += 1
         assert (native.num_waiting, native.num_running) == (ref.num_waiting, ref.num_running)
         assert native.num_free_blocks == ref.blocks.num_free_blocks
@@ -109,8 +137,9 @@ def test_random_workloads_match_the_reference() -> None:
     for seed in range(150):
         run_workload(seed, stats)
     # The workloads must reach every policy, or matching the reference proves little.
-    for what in ["preempted", "chunks", "eos", "stop", "length", "rejected"]:
+    for what in ["preempted", "chunks", "eos", "stop", "length", "rejected", "drafts", "accepted"]:
         assert stats[what] > 0, what
+    assert stats["proposals refused"] > 0
 
 
 @pytest.mark.parametrize("make", MAKERS)
@@ -178,3 +207,43 @@ def test_stop_conditions_in_order(make: Callable[..., Any]) -> None:
     s.schedule()
     done = [(int(q), [int(t) for t in g], r) for q, g, r in s.update([5, 7, 0])]
     assert done == [(2, [7], "stop"), (3, [0], "eos")]
+
+
+@pytest.mark.parametrize("make", MAKERS)
+def test_drafts_are_verified_in_one_row(make: Callable[..., Any]) -> None:
+    s = make(16, 4, 6, 2)
+    s.add(1, [1, 2, 3], 10)
+    s.add(2, [5, 6], 2)
+    assert list(s.schedule().sample) == [1, 2]
+    s.update([7, 8])
+    with pytest.raises(IndexError):
+        s.propose(9, [1])
+    s.propose(1, [8, 9, 10, 11, 12, 13, 14])
+    s.propose(2, [4, 4])  # one more token may be emitted, so no draft fits
+    step = plain(s.schedule())
+    # Budget 6 less one row per decoding sequence leaves 4 drafts for sequence 1.
+    assert step["draft_lens"] == [4, 0] and step["query_lens"] == [5, 1]
+    assert step["input_ids"] == [7, 8, 9, 10, 11, 8]
+    assert step["positions"] == [3, 4, 5, 6, 7, 2]
+    with pytest.raises(ValueError, match="differ from its draft"):
+        s.update([8, 10, 4, 1], [3, 1])
+    with pytest.raises(ValueError, match="takes 1 to 5 tokens, not 6"):
+        s.update([8, 9, 10, 11, 3, 3, 1], [6, 1])
+    # Two drafts accepted, then the model's own token; sequence 2 reaches its length.
+    assert s.update([8, 9, 4, 1], [3, 1]) == [(2, [8, 1], "length")]
+    step = plain(s.schedule())
+    assert step["input_ids"] == [4] and step["positions"] == [6] and step["context_lens"] == [7]
+    assert step["draft_lens"] == [0]
+    s.update([2])
+    s.propose(1, [3, 3, 3])
+    step = plain(s.schedule())
+    assert step["draft_lens"] == [3]
+    # An EOS among the accepted drafts ends the sequence there.
+    s2 = make(16, 4, 8, 1)
+    s2.add(1, [1], 10, 0)
+    s2.schedule()
+    s2.update([5])
+    s2.propose(1, [6, 0, 7])
+    s2.schedule()
+    assert s2.update([6, 0, 7, 9], [4]) == [(1, [5, 6, 0], "eos")]
+    assert (s2.num_running, s2.num_waiting) == (0, 0)

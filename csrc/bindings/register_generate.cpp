@@ -87,6 +87,13 @@ void register_scheduler(nb::module_& m) {
           },
           kOwned)
       .def_prop_ro(
+          "draft_lens",
+          [](const SchedulerStep& s) {
+            return to_numpy(
+                column<int32_t>(s.seqs, [](const ScheduledSeq& r) { return r.draft_len; }));
+          },
+          "Speculative draft tokens at the end of each row's query tokens.", kOwned)
+      .def_prop_ro(
           "block_tables",
           [](const SchedulerStep& s) {
             // Every row holds a block, so width 0 means no rows; to_numpy reads 0 as 1-D.
@@ -128,18 +135,23 @@ void register_scheduler(nb::module_& m) {
           nb::arg("seq"), nb::arg("prompt"), nb::arg("max_new_tokens"),
           nb::arg("eos_token_id") = nb::none(), nb::arg("stop_token_ids") = std::vector<TokenId>{},
           "Queues a sequence at the back of waiting.")
+      .def("propose", &Scheduler::propose, nb::arg("seq"), nb::arg("draft"),
+           "Speculative draft tokens for a decoding sequence's next step.")
       .def("schedule", &Scheduler::schedule)
       .def(
           "update",
-          [](Scheduler& s, const std::vector<TokenId>& sampled) {
+          [](Scheduler& s, const std::vector<TokenId>& sampled,
+             std::optional<std::vector<int32_t>> counts) {
             std::vector<std::tuple<SeqId, std::vector<TokenId>, std::string>> finished;
-            for (FinishedSeq& f : s.update(sampled)) {
+            const std::vector<int32_t> per_row = counts.value_or(std::vector<int32_t>{});
+            for (FinishedSeq& f : s.update(sampled, per_row)) {
               finished.emplace_back(f.seq, std::move(f.tokens), reason_name(f.reason));
             }
             return finished;
           },
-          nb::arg("sampled"),
-          "One token per sequence of the last step's sample; returns the finished sequences as\n"
+          nb::arg("sampled"), nb::arg("counts") = nb::none(),
+          "The tokens of the last step's sample, one per sequence or `counts[i]` for the i-th\n"
+          "(its accepted drafts, then the model's own); returns the finished sequences as\n"
           "(seq, generated tokens, reason), reason being 'eos', 'stop' or 'length'.")
       .def("abort", &Scheduler::abort, nb::arg("seq"))
       .def_prop_ro("num_waiting", &Scheduler::num_waiting)
@@ -171,15 +183,19 @@ void register_generate(nb::module_& m) {
       .def("can_append", &KVBlockManager::can_append, nb::arg("seq"))
       .def(
           "append_slot",
-          [](KVBlockManager& k, SeqId seq, TokenId token) {
-            AppendResult r = k.append_slot(seq, token);
+          [](KVBlockManager& k, SeqId seq, TokenId token, bool tentative) {
+            AppendResult r = k.append_slot(seq, token, tentative);
             std::optional<std::pair<BlockId, BlockId>> copy;
             if (r.copy) copy.emplace(r.copy->src, r.copy->dst);
             return std::make_pair(r.appended, copy);
           },
-          nb::arg("seq"), nb::arg("token"),
+          nb::arg("seq"), nb::arg("token"), nb::arg("tentative") = false,
           "Room for one decoded token: (appended, copy). appended is False when out of blocks\n"
-          "(nothing changed); copy is (src, dst) when a shared last block was copied on write.")
+          "(nothing changed); copy is (src, dst) when a shared last block was copied on write.\n"
+          "A tentative token (a speculative draft) fills no cache entry until settle().")
+      .def("settle", &KVBlockManager::settle, nb::arg("seq"), nb::arg("n"),
+           "Keeps the first n tokens (every settled one at least), releases the blocks past\n"
+           "them and caches the full blocks they complete.")
       .def("fork", &KVBlockManager::fork, nb::arg("parent"), nb::arg("child"),
            "A new sequence sharing all of the parent's blocks.")
       .def("free", &KVBlockManager::free, nb::arg("seq"))

@@ -163,9 +163,13 @@ bool KVBlockManager::can_append(SeqId seq) const {
   return !needs_block(find(seq)) || num_free_blocks() > 0;
 }
 
-AppendResult KVBlockManager::append_slot(SeqId seq, TokenId token) {
+AppendResult KVBlockManager::append_slot(SeqId seq, TokenId token, bool tentative) {
   Sequence& s = find(seq);
   check_tokens(std::span<const TokenId>(&token, 1));
+  if (!tentative && s.tentative > 0) {
+    throw std::logic_error("settle() the tentative tokens of sequence " + std::to_string(seq) +
+                           " before appending more");
+  }
   AppendResult result;
   if (needs_block(s)) {
     if (num_free_blocks() == 0) return result;
@@ -180,6 +184,10 @@ AppendResult KVBlockManager::append_slot(SeqId seq, TokenId token) {
   }
   s.tokens.push_back(token);
   result.appended = true;
+  if (tentative) {
+    ++s.tentative;
+    return result;
+  }
   const size_t bs = size_t(block_size_);
   if (s.tokens.size() % bs == 0) {
     const std::span<const TokenId> last(s.tokens.data() + s.tokens.size() - bs, bs);
@@ -188,6 +196,29 @@ AppendResult KVBlockManager::append_slot(SeqId seq, TokenId token) {
     cache(s.table.back(), s.last_hash, n == 1 ? kNoBlock : s.table[n - 2], last);
   }
   return result;
+}
+
+void KVBlockManager::settle(SeqId seq, int64_t n) {
+  Sequence& s = find(seq);
+  const size_t settled = s.tokens.size() - s.tentative;
+  if (n < int64_t(settled) || n > int64_t(s.tokens.size())) {
+    throw std::invalid_argument("settle() keeps " + std::to_string(settled) + " to " +
+                                std::to_string(s.tokens.size()) + " tokens of sequence " +
+                                std::to_string(seq) + ", not " + std::to_string(n));
+  }
+  const size_t bs = size_t(block_size_);
+  const size_t keep = (size_t(n) + bs - 1) / bs;
+  while (s.table.size() > keep) {
+    release(s.table.back());
+    s.table.pop_back();
+  }
+  s.tokens.resize(size_t(n));
+  s.tentative = 0;
+  for (size_t i = settled / bs; i < size_t(n) / bs; ++i) {
+    const std::span<const TokenId> block(s.tokens.data() + i * bs, bs);
+    s.last_hash = hash_(s.last_hash, block);
+    cache(s.table[i], s.last_hash, i == 0 ? kNoBlock : s.table[i - 1], block);
+  }
 }
 
 void KVBlockManager::fork(SeqId parent, SeqId child) {

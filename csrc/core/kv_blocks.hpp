@@ -11,6 +11,9 @@
 //   the table is not cached: a lookup only ever reaches a block through its cached predecessor.
 // - free() releases a table back to front, so the tail of a sequence, the part least likely to be
 //   shared, is evicted before its prefix.
+// - Tentative tokens (speculative drafts) take slots like any other but fill no cache entry: their
+//   blocks are cached only once settle() keeps them. settle() drops the rest, and the blocks that
+//   only the dropped tokens used go back to the pool.
 // The manager is not thread-safe: its owner (one scheduler) serializes calls.
 #pragma once
 
@@ -63,8 +66,12 @@ class KVBlockManager {
   // nothing changed). Throws std::invalid_argument for a known seq or a negative token id.
   std::optional<int64_t> allocate(SeqId seq, std::span<const TokenId> tokens);
   bool can_append(SeqId seq) const;
-  // Makes room for one decoded token and records it.
-  AppendResult append_slot(SeqId seq, TokenId token);
+  // Makes room for one decoded token and records it. A tentative token waits for settle();
+  // std::logic_error for a settled token appended after unsettled tentative ones.
+  AppendResult append_slot(SeqId seq, TokenId token, bool tentative = false);
+  // Keeps the first n tokens, which must include every settled one (std::invalid_argument
+  // otherwise), releases the blocks past them and caches the full blocks they complete.
+  void settle(SeqId seq, int64_t n);
   // The child shares every block of the parent, the partly filled last one included.
   void fork(SeqId parent, SeqId child);
   void free(SeqId seq);
@@ -102,7 +109,8 @@ class KVBlockManager {
   struct Sequence {
     std::vector<BlockId> table;
     std::vector<TokenId> tokens;
-    uint64_t last_hash = kKvHashSeed;  // of the last full block
+    uint64_t last_hash = kKvHashSeed;  // of the last full block of settled tokens
+    size_t tentative = 0;              // unsettled tokens at the end of `tokens`
   };
 
   const Sequence& find(SeqId seq) const;

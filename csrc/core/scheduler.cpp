@@ -69,17 +69,34 @@ bool Scheduler::make_room(SeqId seq, Fits fits, SchedulerStep& out) {
   return true;
 }
 
-void Scheduler::emit(SeqId seq, Seq& s, int64_t from, int64_t to, SchedulerStep& out) {
+void Scheduler::propose(SeqId seq, std::vector<TokenId> draft) {
+  check_idle("propose()");
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) throw std::out_of_range("unknown sequence " + std::to_string(seq));
+  Seq& s = it->second;
+  if (s.prefilling) {  // waiting sequences are prefilling too
+    throw std::invalid_argument("sequence " + std::to_string(seq) + " is not decoding");
+  }
+  if (std::any_of(draft.begin(), draft.end(), [](TokenId t) { return t < 0; })) {
+    throw std::invalid_argument("token ids must not be negative");
+  }
+  if (s.draft.empty()) proposed_.push_back(seq);
+  s.draft = std::move(draft);
+}
+
+void Scheduler::emit(SeqId seq, Seq& s, int64_t from, int64_t to, SchedulerStep& out,
+                     int32_t draft_len) {
   // Every position in [from, to) got its slot from the block manager just before, so the block
   // table covers it; the slots are computed here rather than looked up one vector at a time.
   const std::vector<BlockId>& table = blocks_.block_table(seq);
   const int64_t bs = blocks_.block_size();
+  const int64_t known = int64_t(s.tokens.size());
   for (int64_t p = from; p < to; ++p) {
-    out.input_ids.push_back(s.tokens[size_t(p)]);
+    out.input_ids.push_back(p < known ? s.tokens[size_t(p)] : s.draft[size_t(p - known)]);
     out.positions.push_back(p);
     out.slot_mapping.push_back(int64_t(table[size_t(p / bs)]) * bs + p % bs);
   }
-  out.seqs.push_back({seq, int32_t(to - from), int32_t(to)});
+  out.seqs.push_back({seq, int32_t(to - from), int32_t(to), draft_len});
   if (!s.prefilling) out.sample.push_back(seq);
   s.scheduled_in = steps_;
 }
@@ -91,8 +108,14 @@ SchedulerStep Scheduler::schedule() {
   out.seqs.reserve(running_.size());
   out.sample.reserve(running_.size());
   int64_t budget = max_tokens_;
-  auto append = [&](SeqId seq, TokenId token) {
-    AppendResult r = blocks_.append_slot(seq, token);
+  int64_t spare = 0;  // for drafts, once every decoding sequence has its row
+  if (!proposed_.empty()) {
+    spare = budget;
+    for (SeqId seq : running_) spare -= seqs_.at(seq).prefilling ? 0 : 1;
+  }
+  std::vector<std::pair<size_t, std::vector<TokenId>>> drafts;  // by index in out.sample
+  auto append = [&](SeqId seq, TokenId token, bool tentative = false) {
+    AppendResult r = blocks_.append_slot(seq, token, tentative);
     if (!r.appended) throw std::logic_error("append_slot failed after room was made");
     if (r.copy) out.copies.push_back(*r.copy);
   };
@@ -104,8 +127,17 @@ SchedulerStep Scheduler::schedule() {
     if (!make_room(seq, [&] { return blocks_.can_append(seq); }, out)) break;
     const int64_t n = blocks_.num_tokens(seq);
     append(seq, s.tokens[size_t(n)]);
-    emit(seq, s, n, n + 1, out);
-    --budget;
+    const int64_t left = s.params.max_new_tokens - int64_t(s.tokens.size() - s.prompt_len) - 1;
+    const int64_t limit = std::min({int64_t(s.draft.size()), spare, left});
+    int64_t k = 0;
+    for (; k < limit && blocks_.can_append(seq); ++k) append(seq, s.draft[size_t(k)], true);
+    emit(seq, s, n, n + 1 + k, out, int32_t(k));
+    if (k > 0) {
+      s.draft.resize(size_t(k));
+      drafts.emplace_back(out.sample.size() - 1, std::move(s.draft));
+    }
+    spare -= k;
+    budget -= 1 + k;
   }
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     const SeqId seq = running_[i];
@@ -145,31 +177,73 @@ SchedulerStep Scheduler::schedule() {
     out.block_tables.insert(out.block_tables.end(), size_t(out.table_width) - table.size(), -1);
   }
   awaiting_ = out.sample;
+  awaiting_drafts_.assign(awaiting_.size(), {});
+  for (auto& [row, draft] : drafts) awaiting_drafts_[row] = std::move(draft);
+  for (SeqId seq : proposed_) {
+    auto it = seqs_.find(seq);
+    if (it != seqs_.end()) it->second.draft.clear();
+  }
+  proposed_.clear();
   return out;
 }
 
-std::vector<FinishedSeq> Scheduler::update(std::span<const TokenId> sampled) {
-  if (sampled.size() != awaiting_.size()) {
-    throw std::invalid_argument("expected " + std::to_string(awaiting_.size()) +
-                                " sampled tokens, got " + std::to_string(sampled.size()));
+std::vector<FinishedSeq> Scheduler::update(std::span<const TokenId> sampled,
+                                           std::span<const int32_t> counts) {
+  const size_t rows = awaiting_.size();
+  if (!counts.empty() && counts.size() != rows) {
+    throw std::invalid_argument("expected " + std::to_string(rows) + " counts, got " +
+                                std::to_string(counts.size()));
+  }
+  auto count = [&](size_t i) { return counts.empty() ? size_t(1) : size_t(counts[i]); };
+  size_t total = 0;
+  for (size_t i = 0; i < rows; ++i) {
+    const std::vector<TokenId>& draft = awaiting_drafts_[i];
+    if (!counts.empty() && (counts[i] < 1 || size_t(counts[i]) > draft.size() + 1)) {
+      throw std::invalid_argument("sequence " + std::to_string(awaiting_[i]) + " carried " +
+                                  std::to_string(draft.size()) + " drafts, so it takes 1 to " +
+                                  std::to_string(draft.size() + 1) + " tokens, not " +
+                                  std::to_string(counts[i]));
+    }
+    for (size_t j = 0; j + 1 < count(i) && total + j < sampled.size(); ++j) {
+      if (sampled[total + j] != draft[j]) {
+        throw std::invalid_argument("the accepted tokens of sequence " +
+                                    std::to_string(awaiting_[i]) + " differ from its draft");
+      }
+    }
+    total += count(i);
+  }
+  if (sampled.size() != total) {
+    throw std::invalid_argument("expected " + std::to_string(total) + " sampled tokens, got " +
+                                std::to_string(sampled.size()));
   }
   if (std::any_of(sampled.begin(), sampled.end(), [](TokenId t) { return t < 0; })) {
     throw std::invalid_argument("token ids must not be negative");
   }
   std::vector<FinishedSeq> finished;
-  for (size_t i = 0; i < sampled.size(); ++i) {
+  size_t offset = 0;
+  for (size_t i = 0; i < rows; ++i) {
     const SeqId seq = awaiting_[i];
-    const TokenId t = sampled[i];
+    const size_t c = count(i);
+    const std::span<const TokenId> tokens = sampled.subspan(offset, c);
+    offset += c;
     Seq& s = seqs_.at(seq);
-    s.tokens.push_back(t);
-    const auto& stops = s.params.stop_token_ids;
+    if (!awaiting_drafts_[i].empty()) {
+      // KV stays for the input token and the accepted drafts, the first c - 1.
+      const int64_t drafts = int64_t(awaiting_drafts_[i].size());
+      blocks_.settle(seq, blocks_.num_tokens(seq) - drafts + int64_t(c) - 1);
+    }
     std::optional<FinishReason> reason;
-    if (s.params.eos_token_id == t) {
-      reason = FinishReason::kEos;
-    } else if (std::find(stops.begin(), stops.end(), t) != stops.end()) {
-      reason = FinishReason::kStop;
-    } else if (int64_t(s.tokens.size() - s.prompt_len) >= s.params.max_new_tokens) {
-      reason = FinishReason::kLength;
+    for (TokenId t : tokens) {
+      s.tokens.push_back(t);
+      const auto& stops = s.params.stop_token_ids;
+      if (s.params.eos_token_id == t) {
+        reason = FinishReason::kEos;
+      } else if (std::find(stops.begin(), stops.end(), t) != stops.end()) {
+        reason = FinishReason::kStop;
+      } else if (int64_t(s.tokens.size() - s.prompt_len) >= s.params.max_new_tokens) {
+        reason = FinishReason::kLength;
+      }
+      if (reason) break;
     }
     if (!reason) continue;
     finished.push_back(
@@ -179,6 +253,7 @@ std::vector<FinishedSeq> Scheduler::update(std::span<const TokenId> sampled) {
     seqs_.erase(seq);
   }
   awaiting_.clear();
+  awaiting_drafts_.clear();
   return finished;
 }
 

@@ -35,8 +35,18 @@
 // - add() rejects a sequence that could never finish alone: its prompt plus max_new_tokens - 1
 //   tokens (all but the last get KV) must fit the whole cache. That also keeps preemption from
 //   looping: the oldest running sequence, alone, always fits.
+// - Speculative drafts: propose() gives a decoding sequence draft tokens for the next step. Its
+//   decode row then carries them after its input token, as many as (a) the budget spares once
+//   every decoding sequence has its row, (b) fit without new blocks being taken by preemption
+//   (one can_append() at a time), and (c) can still be emitted (max_new_tokens - generated - 1).
+//   Their slots are tentative in the block manager. The next schedule() forgets every proposal,
+//   used or not.
 // - update() must follow every schedule() that samples, with one token per sampling sequence in
-//   the step's order; schedule() and abort() refuse to run while it is owed.
+//   the step's order, or with `counts`: a row with d drafts gets 1..d+1 tokens, the drafts it
+//   accepted (equal to the first ones proposed) and then the model's own. KV is kept for the
+//   input token and the accepted drafts; tokens go in one at a time, and those after a stop
+//   condition are dropped. A bad update() changes nothing. schedule() and abort() refuse to run
+//   while it is owed.
 // Not thread-safe: one engine loop owns it.
 #pragma once
 
@@ -62,6 +72,7 @@ struct ScheduledSeq {
   SeqId seq = 0;
   int32_t query_len = 0;
   int32_t context_len = 0;  // tokens with KV once this step ran, the query ones included
+  int32_t draft_len = 0;    // speculative tokens at the end of the query ones
   bool operator==(const ScheduledSeq&) const = default;
 };
 
@@ -96,9 +107,14 @@ class Scheduler {
   // Queues a sequence at the back of waiting. Throws std::invalid_argument for a known id, an
   // empty prompt, a negative token, max_new_tokens < 1 or a sequence the cache can never hold.
   void add(SeqId seq, std::vector<TokenId> prompt, SamplingParams params);
+  // Draft tokens for a decoding sequence's next step. std::out_of_range for an unknown sequence,
+  // std::invalid_argument for one that is not running and decoding or a negative token.
+  void propose(SeqId seq, std::vector<TokenId> draft);
   SchedulerStep schedule();
-  // The tokens sampled for the last step's `sample`, in order; returns the sequences that stopped.
-  std::vector<FinishedSeq> update(std::span<const TokenId> sampled);
+  // The tokens sampled for the last step's `sample`, in order (`counts`: how many per sequence,
+  // one each when empty); returns the sequences that stopped.
+  std::vector<FinishedSeq> update(std::span<const TokenId> sampled,
+                                  std::span<const int32_t> counts = {});
   // Drops a sequence wherever it is; std::out_of_range for an unknown one.
   void abort(SeqId seq);
 
@@ -114,6 +130,7 @@ class Scheduler {
     size_t prefill_target = 0;  // tokens to prefill since the last admission
     bool prefilling = true;
     uint64_t scheduled_in = 0;  // the step that last scheduled it (steps count from 1)
+    std::vector<TokenId> draft;
   };
 
   void check_idle(const char* what) const;
@@ -122,7 +139,8 @@ class Scheduler {
   // Preempts until fits() holds; false when `seq` itself was preempted.
   template <typename Fits>
   bool make_room(SeqId seq, Fits fits, SchedulerStep& out);
-  void emit(SeqId seq, Seq& s, int64_t from, int64_t to, SchedulerStep& out);
+  // Positions past the sequence's tokens take their tokens from its draft.
+  void emit(SeqId seq, Seq& s, int64_t from, int64_t to, SchedulerStep& out, int32_t draft_len = 0);
 
   KVBlockManager blocks_;
   int64_t max_tokens_;
@@ -131,6 +149,8 @@ class Scheduler {
   std::deque<SeqId> waiting_;
   std::vector<SeqId> running_;  // admission order
   std::vector<SeqId> awaiting_;
+  std::vector<std::vector<TokenId>> awaiting_drafts_;  // the drafts each awaited row carried
+  std::vector<SeqId> proposed_;
   uint64_t steps_ = 0;
 };
 

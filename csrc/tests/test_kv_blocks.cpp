@@ -263,5 +263,22 @@ TEST(KVBlocks, HashChainsAndDependsOnEveryToken) {
   EXPECT_EQ(kv_block_hash(5, a), kv_block_hash(5, Tokens{1, 2, 3}));
 }
 
+TEST(KVBlockManager, SettleKeepsAPrefixOfTheDraftsAndCachesOnlyKeptBlocks) {
+  KVBlockManager m(6, 2);
+  ASSERT_EQ(m.allocate(1, std::vector<TokenId>{5}), 0);
+  EXPECT_TRUE(m.append_slot(1, 6, true).appended);
+  EXPECT_TRUE(m.append_slot(1, 7, true).appended);
+  EXPECT_EQ(m.num_cached_blocks(), 0);
+  EXPECT_THROW(m.append_slot(1, 8), std::logic_error);
+  EXPECT_THROW(m.settle(1, 0), std::invalid_argument);
+  EXPECT_THROW(m.settle(1, 4), std::invalid_argument);
+  m.settle(1, 2);
+  EXPECT_EQ(m.num_tokens(1), 2);
+  EXPECT_EQ(m.block_table(1).size(), 1u);
+  EXPECT_EQ(m.num_cached_blocks(), 1);
+  EXPECT_EQ(m.num_free_blocks(), 5);
+  EXPECT_EQ(m.allocate(2, std::vector<TokenId>{5, 6, 1}), 2);
+}
+
 }  // namespace
 }  // namespace stoker

@@ -156,5 +156,30 @@ TEST(Scheduler, AbortFreesBlocksWherever) {
   EXPECT_EQ(s.num_running() + s.num_waiting(), 0);
 }
 
+TEST(Scheduler, VerifiesDraftsAndKeepsKvOfTheAcceptedOnes) {
+  Scheduler s(8, 2, 8, 2);
+  s.add(1, {1, 2, 3}, up_to(10));
+  s.schedule();
+  s.update(Tokens{7});
+  EXPECT_THROW(s.propose(2, {1}), std::out_of_range);
+  EXPECT_THROW(s.propose(1, {1, -1}), std::invalid_argument);
+  s.propose(1, {8, 9, 10});
+  const SchedulerStep step = s.schedule();
+  EXPECT_EQ(step.seqs, (Rows{{1, 4, 7, 3}}));
+  EXPECT_EQ(step.input_ids, (Tokens{7, 8, 9, 10}));
+  EXPECT_EQ(s.blocks().num_tokens(1), 7);
+  const std::vector<int32_t> bad{5};
+  EXPECT_THROW(s.update(Tokens{8, 9, 10, 11, 12}, bad), std::invalid_argument);
+  const std::vector<int32_t> two{2};
+  EXPECT_TRUE(s.update(Tokens{8, 4}, two).empty());
+  // KV for 1 2 3 7 8; the dropped drafts' last block went back to the pool.
+  EXPECT_EQ(s.blocks().num_tokens(1), 5);
+  EXPECT_EQ(s.blocks().block_table(1).size(), 3u);
+  EXPECT_EQ(s.blocks().num_cached_blocks(), 2);
+  const SchedulerStep next = s.schedule();
+  EXPECT_EQ(next.input_ids, Tokens{4});
+  EXPECT_EQ(next.positions, Ints{5});
+}
+
 }  // namespace
 }  // namespace stoker

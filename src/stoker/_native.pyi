@@ -330,10 +330,19 @@ class KVBlockManager:
         """
 
     def can_append(self, seq: int) -> bool: ...
-    def append_slot(self, seq: int, token: int) -> tuple[bool, tuple[int, int] | None]:
+    def append_slot(
+        self, seq: int, token: int, tentative: bool = False
+    ) -> tuple[bool, tuple[int, int] | None]:
         """
         Room for one decoded token: (appended, copy). appended is False when out of blocks
         (nothing changed); copy is (src, dst) when a shared last block was copied on write.
+        A tentative token (a speculative draft) fills no cache entry until settle().
+        """
+
+    def settle(self, seq: int, n: int) -> None:
+        """
+        Keeps the first n tokens (every settled one at least), releases the blocks past
+        them and caches the full blocks they complete.
         """
 
     def fork(self, parent: int, child: int) -> None:
@@ -390,6 +399,10 @@ class SchedulerStep:
     @property
     def context_lens(self) -> NDArray[numpy.int32]: ...
     @property
+    def draft_lens(self) -> NDArray[numpy.int32]:
+        """Speculative draft tokens at the end of each row's query tokens."""
+
+    @property
     def block_tables(self) -> NDArray[numpy.int32]:
         """(rows, width) int32, padded with -1; (0, 1) for an empty step."""
 
@@ -427,10 +440,16 @@ class Scheduler:
     ) -> None:
         """Queues a sequence at the back of waiting."""
 
+    def propose(self, seq: int, draft: Sequence[int]) -> None:
+        """Speculative draft tokens for a decoding sequence's next step."""
+
     def schedule(self) -> SchedulerStep: ...
-    def update(self, sampled: Sequence[int]) -> list[tuple[int, list[int], str]]:
+    def update(
+        self, sampled: Sequence[int], counts: Sequence[int] | None = None
+    ) -> list[tuple[int, list[int], str]]:
         """
-        One token per sequence of the last step's sample; returns the finished sequences as
+        The tokens of the last step's sample, one per sequence or `counts[i]` for the i-th
+        (its accepted drafts, then the model's own); returns the finished sequences as
         (seq, generated tokens, reason), reason being 'eos', 'stop' or 'length'.
         """
 
