@@ -8,6 +8,7 @@ from stoker.generate._config import DecoderConfig, read_config
 from stoker.generate._engine import GenerateEngine
 from stoker.generate._model import Decoder, StepBatch, load_weights
 from stoker.generate._sampling import sample
+from stoker.generate._speculative import NgramProposer, Proposer, TokenHistory
 from stoker.generate._types import (
     FinishReason,
     GenerationChunk,
@@ -26,8 +27,11 @@ __all__ = [
     "GenerationError",
     "Generator",
     "GeneratorStats",
+    "NgramProposer",
+    "Proposer",
     "SamplingOptions",
     "StepBatch",
+    "TokenHistory",
     "load_weights",
     "read_config",
     "sample",

@@ -26,6 +26,7 @@ from stoker._native import Scheduler, SchedulerStep
 from stoker.generate._config import DecoderConfig, read_config
 from stoker.generate._model import Decoder, load_weights
 from stoker.generate._runner import ModelRunner, Sampled
+from stoker.generate._speculative import Proposer, TokenHistory, accept
 from stoker.generate._types import (
     GenerationChunk,
     GenerationError,
@@ -61,7 +62,7 @@ class _Done:
 
     seqs: list[int]
     requests: list[_Request]
-    tokens: list[int]
+    tokens: list[list[int]]  # per sequence: one, or with speculation the accepted drafts and one
     finished: dict[int, str]
 
 
@@ -75,7 +76,8 @@ class GenerateEngine:
 
     ``num_blocks`` fixes the KV cache's size; by default it takes ``kv_cache_fraction`` of the
     GPU memory left after the weights (on CPU: room for every sequence at full length, at most
-    ``cpu_kv_bytes``).
+    ``cpu_kv_bytes``). ``speculative`` proposes draft tokens for greedy requests (for example
+    ``NgramProposer()``), verified in the step that decodes them (see ``_speculative``).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class GenerateEngine:
         cuda_graphs: bool = True,
         name: str | None = None,
         decoder: Decoder | None = None,
+        speculative: Proposer | None = None,
     ) -> None:
         """``decoder``: a model already built and loaded (``model`` then only names the folder
         of its tokenizer); its device and dtype override ``device`` and ``dtype``."""
@@ -135,6 +138,11 @@ class GenerateEngine:
             decoder, num_blocks, block_size, max_num_seqs, self.max_model_len, cuda_graphs
         )
         self._ids = itertools.count()
+        self._proposer = speculative
+        # With speculation: every admitted sequence's tokens, and those decoding after the last
+        # step (the ones a draft may go to).
+        self._history: dict[int, TokenHistory] = {}
+        self._decoding: list[int] = []
         self._requests: dict[int, _Request] = {}
         self._unstarted: set[int] = set()  # admitted, not yet scheduled: prefix hits unknown
         self._owed = 0  # tokens the scheduler's update() expects for the last step
@@ -244,6 +252,8 @@ class GenerateEngine:
             prompt_tokens=self._counts["prompt_tokens"],
             generated_tokens=self._counts["generated_tokens"],
             preemptions=self._counts["preemptions"],
+            draft_tokens=self._counts["draft_tokens"],
+            accepted_tokens=self._counts["accepted_tokens"],
         )
 
     def close(self) -> None:
@@ -296,6 +306,8 @@ class GenerateEngine:
             self._deliver({request: ([], None)}, error=error)
         self._requests.clear()
         self._unstarted.clear()
+        self._history.clear()
+        self._decoding = []
 
     def _idle(self) -> bool:
         s = self.scheduler
@@ -330,17 +342,32 @@ class GenerateEngine:
                 continue
             self._requests[seq] = request
             self._unstarted.add(seq)
+            if self._proposer is not None:
+                self._history[seq] = TokenHistory(request.prompt)
             self._counts["prompt_tokens"] += len(request.prompt)
         for seq in aborts:
             if self._requests.pop(seq, None) is not None:
                 s.abort(seq)
                 self._unstarted.discard(seq)
+                self._history.pop(seq, None)
         return True
+
+    def _propose(self, proposer: Proposer) -> None:
+        """Drafts for the greedy sequences that decode in the next step."""
+        for seq in self._decoding:
+            request = self._requests.get(seq)
+            if request is None or request.options.temperature != 0.0:
+                continue
+            draft = proposer.propose(self._history[seq])
+            if draft:
+                self.scheduler.propose(seq, draft)
 
     def _launch(self) -> tuple[SchedulerStep, list[_Request], Sampled | None] | None:
         """Schedules a step and queues it on the device."""
         if not (self.scheduler.num_running or self.scheduler.num_waiting):
             return None
+        if self._proposer is not None:
+            self._propose(self._proposer)
         step = self.scheduler.schedule()
         self._owed = len(step.sample)
         self._counts["preemptions"] += len(step.preempted)
@@ -366,29 +393,66 @@ class GenerateEngine:
         # A seeded row's noise is keyed by the sampled token's position, which depends on the
         # sequence alone, not on the batch it runs in.
         positions = step.context_lens[rows].tolist()
-        return step, requests, self.runner.launch(step, rows, options, positions)
+        verify = step.draft_lens[rows].astype(np.int64) if self._proposer is not None else None
+        if verify is not None and not verify.any():
+            verify = None
+        return step, requests, self.runner.launch(step, rows, options, positions, verify)
 
     def _finish(
         self, step: SchedulerStep, requests: list[_Request], sampled: Sampled | None
     ) -> _Done:
         """Waits for the step's tokens and updates the scheduler."""
-        tokens = sampled.tokens() if sampled is not None else []
-        finished = {seq: reason for seq, _, reason in self.scheduler.update(tokens)}
+        flat = sampled.tokens() if sampled is not None else []
+        seqs = step.sample.tolist()
+        rows = self._verified(step, seqs, flat)
+        counts = [len(r) for r in rows] if len(flat) != len(seqs) else None
+        emitted = [t for r in rows for t in r]
+        finished = {}
+        index = {seq: i for i, seq in enumerate(seqs)}
+        for seq, generated, reason in self.scheduler.update(emitted, counts):
+            finished[seq] = reason
+            request = self._requests.pop(seq)
+            history = self._history.pop(seq, None)
+            if history is not None:
+                # Tokens after a stop condition were dropped: keep those the scheduler kept.
+                before = len(history) - len(request.prompt)
+                rows[index[seq]] = rows[index[seq]][: len(generated) - before]
         self._owed = 0
-        for seq in finished:
-            del self._requests[seq]
+        if self._proposer is not None:
+            for seq, row in zip(seqs, rows, strict=True):
+                if seq not in finished:
+                    self._history[seq].extend(row)
+            self._decoding = [q for q in seqs if q not in finished]
         self._counts["steps"] += 1
-        self._counts["generated_tokens"] += len(tokens)
-        return _Done(step.sample.tolist(), requests, tokens, finished)
+        self._counts["generated_tokens"] += sum(len(r) for r in rows)
+        return _Done(seqs, requests, rows, finished)
+
+    def _verified(self, step: SchedulerStep, seqs: list[int], flat: list[int]) -> list[list[int]]:
+        """Each sampled sequence's tokens: its one sampled token, or with drafts the ones the
+        model's choices accept (counted in the stats)."""
+        if len(flat) == len(seqs):
+            return [[t] for t in flat]
+        ends = dict(zip(step.seq_ids.tolist(), np.cumsum(step.query_lens).tolist(), strict=True))
+        lens = dict(zip(step.seq_ids.tolist(), step.draft_lens.tolist(), strict=True))
+        ids = step.input_ids
+        rows, offset = [], 0
+        for seq in seqs:
+            d, end = lens[seq], ends[seq]
+            row = accept(ids[end - d : end].tolist(), flat[offset : offset + d + 1])
+            offset += d + 1
+            self._counts["draft_tokens"] += d
+            self._counts["accepted_tokens"] += len(row) - 1
+            rows.append(row)
+        return rows
 
     def _collect(self, done: _Done) -> _Updates:
         """A finished step's tokens appended to its requests, as updates for the callers."""
         out: _Updates = {}
         finished = done.finished
-        for seq, request, token in zip(done.seqs, done.requests, done.tokens, strict=True):
-            request.generated.append(token)
+        for seq, request, tokens in zip(done.seqs, done.requests, done.tokens, strict=True):
+            request.generated.extend(tokens)
             reason = finished.get(seq)
-            out[request] = ([token], _REASONS[reason] if reason else None)
+            out[request] = (tokens, _REASONS[reason] if reason else None)
         return out
 
     def _deliver(

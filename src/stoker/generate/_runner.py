@@ -88,10 +88,16 @@ class ModelRunner:
             offset += p.size
         return out
 
-    def _batch(self, step: SchedulerStep, rows: npt.NDArray[np.int64]) -> StepBatch:
+    def _batch(
+        self,
+        step: SchedulerStep,
+        rows: npt.NDArray[np.int64],
+        verify: npt.NDArray[np.int64] | None,
+    ) -> StepBatch:
         query_lens = step.query_lens.astype(np.int64)
         cu = np.zeros(len(query_lens) + 1, dtype=np.int64)
         np.cumsum(query_lens, out=cu[1:])
+        index = cu[rows + 1] - 1 if verify is None else _verified_tokens(cu[rows + 1], verify)
         ids, pos, slots, cu_t, ctx, tables, logits_rows = self._upload(
             [
                 step.input_ids.astype(np.int64),
@@ -100,7 +106,7 @@ class ModelRunner:
                 cu,
                 step.context_lens.astype(np.int64),
                 step.block_tables.astype(np.int64),
-                cu[rows + 1] - 1,
+                index,
             ]
         )
         return StepBatch(
@@ -174,8 +180,15 @@ class ModelRunner:
             k_cache[dst] = k_cache[src]
             v_cache[dst] = v_cache[src]
 
-    def logits(self, step: SchedulerStep, rows: npt.NDArray[np.int64]) -> Tensor:
-        """Float32 logits of the step's ``rows`` (indices into its sequences), (len(rows), V)."""
+    def logits(
+        self,
+        step: SchedulerStep,
+        rows: npt.NDArray[np.int64],
+        verify: npt.NDArray[np.int64] | None = None,
+    ) -> Tensor:
+        """Float32 logits of the last token of each of the step's ``rows`` (indices into its
+        sequences), or with ``verify`` (the rows' draft counts), of their last ``verify + 1``
+        tokens, row after row."""
         self.copy_blocks(step.copies)
         n = len(step.query_lens)
         decode_only = len(step.input_ids) == n and len(rows) == n
@@ -188,7 +201,7 @@ class ModelRunner:
             graph = self.graphs[bucket]
             graph.graph.replay()
             return graph.logits[:n]
-        logits: Tensor = self.model(self._batch(step, rows), self.cache)
+        logits: Tensor = self.model(self._batch(step, rows, verify), self.cache)
         return logits
 
     def launch(
@@ -197,13 +210,26 @@ class ModelRunner:
         rows: npt.NDArray[np.int64],
         options: Sequence[SamplingOptions],
         positions: Sequence[int],
+        verify: npt.NDArray[np.int64] | None = None,
     ) -> Sampled:
-        """Queues the step and its sampling on the device; the tokens come from the result."""
+        """Queues the step and its sampling on the device; the tokens come from the result.
+
+        With ``verify`` (draft counts per row, for greedy rows only) a row with d drafts gets
+        d + 1 tokens, the model's choice at each of its last d + 1 positions."""
         timed = self.timeline is not None and self.device.type == "cuda"
         if timed:
             start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             start.record()
-        logits = self.logits(step, rows)
+        logits = self.logits(step, rows, verify)
+        if verify is not None:
+            options = [
+                o for o, d in zip(options, verify.tolist(), strict=True) for _ in range(d + 1)
+            ]
+            positions = [
+                p - d + j
+                for p, d in zip(positions, verify.tolist(), strict=True)
+                for j in range(d + 1)
+            ]
         if timed:
             mid = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             mid.record()
@@ -218,6 +244,15 @@ class ModelRunner:
             decode_only = len(step.input_ids) == len(step.query_lens)
             self.timeline.append((start, mid, done, len(step.query_lens), decode_only))
         return Sampled(host, done)
+
+
+def _verified_tokens(ends: npt.NDArray[np.int64], drafts: npt.NDArray[np.int64]) -> Any:
+    """Token indices of each row's last ``drafts + 1`` tokens, rows in order (``ends``: each
+    row's end in the step's tokens)."""
+    counts = drafts + 1
+    starts = np.repeat(ends - counts, counts)
+    within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return starts + within
 
 
 class Sampled:

@@ -74,6 +74,12 @@ class GeneratorStats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     preemptions: int = 0
+    draft_tokens: int = 0  # speculative drafts verified
+    accepted_tokens: int = 0  # of those, the ones the model agreed with
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
     @property
     def kv_usage(self) -> float:

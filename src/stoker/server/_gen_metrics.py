@@ -51,6 +51,9 @@ class _GeneratorCollector:
             f.kv_usage.add_metric([model], stats.kv_usage)
             f.prefix_hits.add_metric([model], stats.prefix_hit_rate)
             f.preemptions.add_metric([model], float(stats.preemptions))
+            f.drafts.add_metric([model], float(stats.draft_tokens))
+            f.accepted.add_metric([model], float(stats.accepted_tokens))
+            f.acceptance.add_metric([model], stats.acceptance_rate)
         return f.all()
 
 
@@ -80,8 +83,33 @@ class _GeneratorFamilies:
             labels=["model"],
         )
 
+        self.drafts = CounterMetricFamily(
+            "stoker_speculative_draft_tokens",
+            "Speculative draft tokens verified by the model.",
+            labels=["model"],
+        )
+        self.accepted = CounterMetricFamily(
+            "stoker_speculative_accepted_tokens",
+            "Speculative draft tokens the model accepted.",
+            labels=["model"],
+        )
+        self.acceptance = GaugeMetricFamily(
+            "stoker_speculative_acceptance_rate",
+            "Share of verified draft tokens accepted since the start.",
+            labels=["model"],
+        )
+
     def all(self) -> list[Metric]:
-        return [self.running, self.waiting, self.kv_usage, self.prefix_hits, self.preemptions]
+        return [
+            self.running,
+            self.waiting,
+            self.kv_usage,
+            self.prefix_hits,
+            self.preemptions,
+            self.drafts,
+            self.accepted,
+            self.acceptance,
+        ]
 
 
 class GenerationMetrics:

@@ -1,0 +1,158 @@
+"""Speculative decoding: drafts verified in one forward pass never change greedy output.
+
+Proposers that are always right, always wrong and prompt lookup must all give the tokens of the
+engine without speculation; only the number of steps may change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+pytest.importorskip("safetensors")
+
+from _tiny_llm import build_model  # noqa: E402
+
+from stoker.generate import (  # noqa: E402
+    GenerateEngine,
+    NgramProposer,
+    SamplingOptions,
+    TokenHistory,
+)
+from stoker.generate._speculative import accept  # noqa: E402
+
+GREEDY = SamplingOptions(max_tokens=24, temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model(tmp_path_factory.mktemp("llama"), "llama", seed=1)
+
+
+@pytest.fixture
+def engine_of() -> Iterator[Any]:
+    engines: list[GenerateEngine] = []
+
+    def make(folder: Path, **kwargs: Any) -> GenerateEngine:
+        engines.append(GenerateEngine(folder, **kwargs))
+        return engines[-1]
+
+    yield make
+    for e in engines:
+        e.close()
+
+
+def _prompts(n: int, seed: int) -> list[list[int]]:
+    """Prompts that repeat a stretch of themselves, so that prompt lookup finds matches."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        head = torch.randint(3, 300, (int(torch.randint(4, 12, (1,), generator=g)),), generator=g)
+        out.append([*head.tolist(), *head.tolist()[:-2], *head.tolist()])
+    return out
+
+
+class Oracle:
+    """Proposes what the target model will say (known from a run without speculation), or,
+    ``wrong``, a different token at every position."""
+
+    def __init__(self, full: list[list[int]], num_tokens: int = 4, wrong: bool = False) -> None:
+        self.full, self.num_tokens, self.wrong = full, num_tokens, wrong
+
+    def propose(self, history: TokenHistory) -> list[int]:
+        seen = history.tokens()
+        for tokens in self.full:
+            if tokens[: len(seen)] == seen:
+                nxt = tokens[len(seen) : len(seen) + self.num_tokens]
+                return [(t + 1) % 300 for t in nxt] if self.wrong else nxt
+        return []
+
+
+def test_history_finds_whole_tokens_only() -> None:
+    # 256 is bytes 00 01 00 00: a byte pattern of token 1 sits inside it, misaligned.
+    h = TokenHistory([256, 1, 7, 1])
+    assert h.tokens() == [256, 1, 7, 1] and len(h) == 4
+    assert h.rfind(3, 4, 3) == 1
+    assert h.rfind(2, 3, 2) == -1
+    assert TokenHistory([1 << 31 - 1]).tokens() == [1 << 31 - 1]
+
+
+def test_ngram_proposals() -> None:
+    p = NgramProposer(num_tokens=3, max_ngram=2)
+    assert p.propose(TokenHistory([5, 6, 7, 8, 9, 5, 6])) == [7, 8, 9]
+    assert p.propose(TokenHistory([1, 2, 3, 1, 9, 2, 3])) == [1, 9, 2]  # the 2-gram wins
+    assert p.propose(TokenHistory([4, 1, 2, 3, 4])) == [1, 2, 3]  # then a 1-gram
+    assert p.propose(TokenHistory([1, 2, 3])) == []
+    assert p.propose(TokenHistory([7])) == []
+    with pytest.raises(ValueError, match="num_tokens"):
+        NgramProposer(num_tokens=0)
+    with pytest.raises(ValueError, match="min_ngram"):
+        NgramProposer(max_ngram=1, min_ngram=2)
+
+
+def test_accept_takes_the_agreeing_drafts_and_one_more() -> None:
+    assert accept([4, 5, 6], [4, 5, 6, 7]) == [4, 5, 6, 7]
+    assert accept([4, 5, 6], [4, 9, 6, 7]) == [4, 9]
+    assert accept([4], [3, 2]) == [3]
+    assert accept([], [8]) == [8]
+
+
+def test_greedy_output_is_unchanged_by_any_drafts(llama: Path, engine_of: Any) -> None:
+    prompts = _prompts(6, seed=3)
+    plain = engine_of(llama, max_num_seqs=4)
+    expected = plain.generate(prompts, GREEDY)
+    plain_steps = plain.stats().steps
+    full = [p + e for p, e in zip(prompts, expected, strict=True)]
+
+    right = engine_of(llama, max_num_seqs=4, speculative=Oracle(full))
+    assert right.generate(prompts, GREEDY) == expected
+    stats = right.stats()
+    assert stats.draft_tokens > 0 and stats.accepted_tokens == stats.draft_tokens
+    assert stats.acceptance_rate == 1.0
+    assert stats.steps < plain_steps / 2
+    assert stats.generated_tokens == sum(len(e) for e in expected)
+
+    wrong = engine_of(llama, max_num_seqs=4, speculative=Oracle(full, wrong=True))
+    assert wrong.generate(prompts, GREEDY) == expected
+    assert wrong.stats().draft_tokens > 0 and wrong.stats().accepted_tokens == 0
+
+    lookup = engine_of(llama, max_num_seqs=4, speculative=NgramProposer(num_tokens=4))
+    assert lookup.generate(prompts, GREEDY) == expected
+    assert lookup.stats().draft_tokens > 0
+
+
+def test_drafts_survive_chunking_preemption_and_stops(llama: Path, engine_of: Any) -> None:
+    prompts = _prompts(8, seed=5)
+    small = {"max_num_seqs": 6, "block_size": 4, "num_blocks": 20, "max_num_batched_tokens": 24}
+    plain = engine_of(llama, **small)
+    expected = plain.generate(prompts, GREEDY)
+    full = [p + e for p, e in zip(prompts, expected, strict=True)]
+    spec = engine_of(llama, speculative=Oracle(full, num_tokens=5), **small)
+    assert spec.generate(prompts, GREEDY) == expected
+    assert spec.stats().preemptions > 0 and spec.stats().accepted_tokens > 0
+    assert spec.stats().kv_blocks_free == 20
+
+    # A stop token met inside a run of accepted drafts ends the output right there.
+    stop = expected[0][len(expected[0]) // 2]
+    options = SamplingOptions(
+        max_tokens=24, temperature=0.0, ignore_eos=True, stop_token_ids=(stop,)
+    )
+    want = plain.generate(prompts, options)
+    assert spec.generate(prompts, options) == want
+    assert want[0][-1] == stop and len(want[0]) < len(expected[0])
+
+
+def test_sampled_requests_get_no_drafts(llama: Path, engine_of: Any) -> None:
+    prompts = _prompts(3, seed=7)
+    seeded = SamplingOptions(max_tokens=12, temperature=0.8, seed=11, ignore_eos=True)
+    plain = engine_of(llama, max_num_seqs=4)
+    expected = plain.generate(prompts, seeded)
+    spec = engine_of(llama, max_num_seqs=4, speculative=NgramProposer())
+    assert spec.generate(prompts, seeded) == expected
+    assert spec.stats().draft_tokens == 0
