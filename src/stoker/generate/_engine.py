@@ -13,7 +13,6 @@ import itertools
 import threading
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,9 @@ from stoker._answers import device_error
 from stoker._native import Scheduler, SchedulerStep
 from stoker.generate._config import DecoderConfig, read_config
 from stoker.generate._model import Decoder, load_weights
+from stoker.generate._requests import Done, Request, collect, deliver
 from stoker.generate._runner import ModelRunner, Sampled
-from stoker.generate._speculative import Proposer, TokenHistory, accept
+from stoker.generate._speculative import Proposer, Speculation
 from stoker.generate._types import (
     GenerationChunk,
     GenerationError,
@@ -35,35 +35,6 @@ from stoker.generate._types import (
 )
 
 __all__ = ["GenerateEngine"]
-
-_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
-
-
-@dataclass(eq=False)
-class _Request:
-    prompt: list[int]
-    options: SamplingOptions
-    loop: asyncio.AbstractEventLoop | None  # None: an offline request, waited on by `done`
-    chunks: asyncio.Queue[GenerationChunk | BaseException] = field(default_factory=asyncio.Queue)
-    generated: list[int] = field(default_factory=list)
-    cached: int = -1  # prompt tokens the prefix cache held; known at the first schedule
-    done: threading.Event = field(default_factory=threading.Event)
-    finish: str | None = None
-    error: BaseException | None = None
-
-
-_Updates = dict[_Request, tuple[list[int], str | None]]
-"""New tokens and finish reason (None: running on) per request of one step."""
-
-
-@dataclass
-class _Done:
-    """A step whose tokens are in, not yet handed to its requests."""
-
-    seqs: list[int]
-    requests: list[_Request]
-    tokens: list[list[int]]  # per sequence: one, or with speculation the accepted drafts and one
-    finished: dict[int, str]
 
 
 def _kv_bytes_per_block(cfg: DecoderConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -138,15 +109,11 @@ class GenerateEngine:
             decoder, num_blocks, block_size, max_num_seqs, self.max_model_len, cuda_graphs
         )
         self._ids = itertools.count()
-        self._proposer = speculative
-        # With speculation: every admitted sequence's tokens, and those decoding after the last
-        # step (the ones a draft may go to).
-        self._history: dict[int, TokenHistory] = {}
-        self._decoding: list[int] = []
-        self._requests: dict[int, _Request] = {}
+        self._speculation = Speculation(speculative) if speculative is not None else None
+        self._requests: dict[int, Request] = {}
         self._unstarted: set[int] = set()  # admitted, not yet scheduled: prefix hits unknown
         self._owed = 0  # tokens the scheduler's update() expects for the last step
-        self._inbox: list[tuple[int, _Request]] = []
+        self._inbox: list[tuple[int, Request]] = []
         self._aborts: list[int] = []
         self._cv = threading.Condition()
         self._closing = False
@@ -178,7 +145,7 @@ class GenerateEngine:
             )
         return prompt
 
-    def _submit(self, request: _Request) -> int:
+    def _submit(self, request: Request) -> int:
         seq = next(self._ids)
         with self._cv:
             if self._closing:
@@ -196,7 +163,7 @@ class GenerateEngine:
         self, prompt_ids: Sequence[int], options: SamplingOptions
     ) -> AsyncGenerator[GenerationChunk, None]:
         prompt = self._check(prompt_ids, options)
-        request = _Request(prompt, options, asyncio.get_running_loop())
+        request = Request(prompt, options, asyncio.get_running_loop())
         seq = self._submit(request)
         try:
             while True:
@@ -230,7 +197,7 @@ class GenerateEngine:
         if len(each) != len(prompts):
             raise GenerationError(f"{len(prompts)} prompts but {len(each)} sampling options")
         pairs = zip(prompts, each, strict=True)
-        requests = [_Request(self._check(p, o), o, None) for p, o in pairs]
+        requests = [Request(self._check(p, o), o, None) for p, o in pairs]
         for request in requests:
             self._submit(request)
         for request in requests:
@@ -252,8 +219,8 @@ class GenerateEngine:
             prompt_tokens=self._counts["prompt_tokens"],
             generated_tokens=self._counts["generated_tokens"],
             preemptions=self._counts["preemptions"],
-            draft_tokens=self._counts["draft_tokens"],
-            accepted_tokens=self._counts["accepted_tokens"],
+            draft_tokens=self._speculation.draft_tokens if self._speculation else 0,
+            accepted_tokens=self._speculation.accepted_tokens if self._speculation else 0,
         )
 
     def close(self) -> None:
@@ -268,18 +235,18 @@ class GenerateEngine:
         # Between two steps stand only the native update and schedule and the launch: the
         # Python bookkeeping of step N (tokens to requests, chunks to callers) runs while step
         # N + 1 is on the device.
-        pending: _Done | None = None
+        pending: Done | None = None
         try:
             while True:
                 if pending is not None and self._idle():
-                    self._deliver(self._collect(pending))  # nothing else will run: hand it out
+                    deliver(collect(pending))  # nothing else will run: hand it out
                     pending = None
                 if not self._take():
                     break
                 try:
                     launched = self._launch()
                     if pending is not None:
-                        self._deliver(self._collect(pending))
+                        deliver(collect(pending))
                         pending = None
                     pending = self._finish(*launched) if launched else None
                 except Exception as e:  # a failed step fails the admitted sequences, not the engine
@@ -289,7 +256,7 @@ class GenerateEngine:
             self._fail_all(e)
             raise
         if pending is not None:
-            self._deliver(self._collect(pending))
+            deliver(collect(pending))
         self._fail_all(RuntimeError("the engine closed"))
 
     def _fail_all(self, error: BaseException) -> None:
@@ -303,11 +270,11 @@ class GenerateEngine:
         for seq, request in list(self._requests.items()):
             with contextlib.suppress(Exception):
                 s.abort(seq)
-            self._deliver({request: ([], None)}, error=error)
+            deliver({request: ([], None)}, error=error)
         self._requests.clear()
         self._unstarted.clear()
-        self._history.clear()
-        self._decoding = []
+        if self._speculation is not None:
+            self._speculation.clear()
 
     def _idle(self) -> bool:
         s = self.scheduler
@@ -338,36 +305,31 @@ class GenerateEngine:
                     [*eos[1:], *o.stop_token_ids],
                 )
             except ValueError as e:
-                self._deliver({request: ([], None)}, error=GenerationError(str(e)))
+                deliver({request: ([], None)}, error=GenerationError(str(e)))
                 continue
             self._requests[seq] = request
             self._unstarted.add(seq)
-            if self._proposer is not None:
-                self._history[seq] = TokenHistory(request.prompt)
+            if self._speculation is not None:
+                self._speculation.admit(seq, request.prompt)
             self._counts["prompt_tokens"] += len(request.prompt)
         for seq in aborts:
             if self._requests.pop(seq, None) is not None:
                 s.abort(seq)
                 self._unstarted.discard(seq)
-                self._history.pop(seq, None)
+                if self._speculation is not None:
+                    self._speculation.forget(seq)
         return True
 
-    def _propose(self, proposer: Proposer) -> None:
-        """Drafts for the greedy sequences that decode in the next step."""
-        for seq in self._decoding:
-            request = self._requests.get(seq)
-            if request is None or request.options.temperature != 0.0:
-                continue
-            draft = proposer.propose(self._history[seq])
-            if draft:
-                self.scheduler.propose(seq, draft)
+    def _greedy(self, seq: int) -> bool:
+        request = self._requests.get(seq)
+        return request is not None and request.options.temperature == 0.0
 
-    def _launch(self) -> tuple[SchedulerStep, list[_Request], Sampled | None] | None:
+    def _launch(self) -> tuple[SchedulerStep, list[Request], Sampled | None] | None:
         """Schedules a step and queues it on the device."""
         if not (self.scheduler.num_running or self.scheduler.num_waiting):
             return None
-        if self._proposer is not None:
-            self._propose(self._proposer)
+        if self._speculation is not None:
+            self._speculation.propose(self.scheduler, self._greedy)
         step = self.scheduler.schedule()
         self._owed = len(step.sample)
         self._counts["preemptions"] += len(step.preempted)
@@ -393,93 +355,34 @@ class GenerateEngine:
         # A seeded row's noise is keyed by the sampled token's position, which depends on the
         # sequence alone, not on the batch it runs in.
         positions = step.context_lens[rows].tolist()
-        verify = step.draft_lens[rows].astype(np.int64) if self._proposer is not None else None
+        verify = step.draft_lens[rows].astype(np.int64) if self._speculation else None
         if verify is not None and not verify.any():
             verify = None
         return step, requests, self.runner.launch(step, rows, options, positions, verify)
 
     def _finish(
-        self, step: SchedulerStep, requests: list[_Request], sampled: Sampled | None
-    ) -> _Done:
+        self, step: SchedulerStep, requests: list[Request], sampled: Sampled | None
+    ) -> Done:
         """Waits for the step's tokens and updates the scheduler."""
         flat = sampled.tokens() if sampled is not None else []
         seqs = step.sample.tolist()
-        rows = self._verified(step, seqs, flat)
-        counts = [len(r) for r in rows] if len(flat) != len(seqs) else None
-        emitted = [t for r in rows for t in r]
-        finished = {}
+        spec = self._speculation
+        verified = spec is not None and len(flat) != len(seqs)
+        rows = spec.verify(step, seqs, flat) if spec and verified else [[t] for t in flat]
         index = {seq: i for i, seq in enumerate(seqs)}
-        for seq, generated, reason in self.scheduler.update(emitted, counts):
+        finished = {}
+        emitted = [t for r in rows for t in r]
+        for seq, generated, reason in self.scheduler.update(
+            emitted, [len(r) for r in rows] if verified else None
+        ):
             finished[seq] = reason
             request = self._requests.pop(seq)
-            history = self._history.pop(seq, None)
-            if history is not None:
-                # Tokens after a stop condition were dropped: keep those the scheduler kept.
-                before = len(history) - len(request.prompt)
-                rows[index[seq]] = rows[index[seq]][: len(generated) - before]
+            if spec is not None:
+                i = index[seq]
+                rows[i] = spec.finish(seq, len(request.prompt), len(generated), rows[i])
         self._owed = 0
-        if self._proposer is not None:
-            for seq, row in zip(seqs, rows, strict=True):
-                if seq not in finished:
-                    self._history[seq].extend(row)
-            self._decoding = [q for q in seqs if q not in finished]
+        if spec is not None:
+            spec.advance(seqs, rows, finished)
         self._counts["steps"] += 1
         self._counts["generated_tokens"] += sum(len(r) for r in rows)
-        return _Done(seqs, requests, rows, finished)
-
-    def _verified(self, step: SchedulerStep, seqs: list[int], flat: list[int]) -> list[list[int]]:
-        """Each sampled sequence's tokens: its one sampled token, or with drafts the ones the
-        model's choices accept (counted in the stats)."""
-        if len(flat) == len(seqs):
-            return [[t] for t in flat]
-        ends = dict(zip(step.seq_ids.tolist(), np.cumsum(step.query_lens).tolist(), strict=True))
-        lens = dict(zip(step.seq_ids.tolist(), step.draft_lens.tolist(), strict=True))
-        ids = step.input_ids
-        rows, offset = [], 0
-        for seq in seqs:
-            d, end = lens[seq], ends[seq]
-            row = accept(ids[end - d : end].tolist(), flat[offset : offset + d + 1])
-            offset += d + 1
-            self._counts["draft_tokens"] += d
-            self._counts["accepted_tokens"] += len(row) - 1
-            rows.append(row)
-        return rows
-
-    def _collect(self, done: _Done) -> _Updates:
-        """A finished step's tokens appended to its requests, as updates for the callers."""
-        out: _Updates = {}
-        finished = done.finished
-        for seq, request, tokens in zip(done.seqs, done.requests, done.tokens, strict=True):
-            request.generated.extend(tokens)
-            reason = finished.get(seq)
-            out[request] = (tokens, _REASONS[reason] if reason else None)
-        return out
-
-    def _deliver(
-        self,
-        updates: _Updates,
-        error: BaseException | None = None,
-    ) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, GenerationChunk]]] = (
-            defaultdict(list)
-        )
-        for request, (tokens, reason) in updates.items():
-            if error is not None:
-                request.error, request.finish = error, "abort"
-            elif reason is not None:
-                request.finish = reason
-            if request.finish is not None:
-                request.done.set()
-            if request.loop is None:
-                continue
-            chunk = GenerationChunk(tokens, reason, len(request.prompt), max(request.cached, 0))  # type: ignore[arg-type]
-            by_loop[request.loop].append((request, chunk))
-        for loop, items in by_loop.items():
-            # A closed loop raises RuntimeError: that caller is gone and nobody waits any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_hand_out, items, error)
-
-
-def _hand_out(items: list[tuple[_Request, GenerationChunk]], error: BaseException | None) -> None:
-    for request, chunk in items:
-        request.chunks.put_nowait(error if error is not None else chunk)
+        return Done(seqs, requests, rows, finished)

@@ -13,10 +13,14 @@ off where output repeats its context (extraction, code edits, summaries quoting 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-__all__ = ["NgramProposer", "Proposer", "TokenHistory", "accept"]
+import numpy as np
+
+from stoker._native import Scheduler, SchedulerStep
+
+__all__ = ["NgramProposer", "Proposer", "Speculation", "TokenHistory", "accept"]
 
 _WIDTH = 4  # bytes per token in a TokenHistory
 
@@ -94,3 +98,63 @@ def accept(drafts: Sequence[int], chosen: Sequence[int]) -> list[int]:
     while accepted < len(drafts) and chosen[accepted] == drafts[accepted]:
         accepted += 1
     return list(chosen[: accepted + 1])
+
+
+class Speculation:
+    """The engine's side of speculative decoding: every admitted sequence's tokens, drafts for
+    the sequences about to decode, and the verification of a step's tokens."""
+
+    def __init__(self, proposer: Proposer) -> None:
+        self.proposer = proposer
+        self._history: dict[int, TokenHistory] = {}
+        self._decoding: list[int] = []  # after the last step: those a draft may go to
+        self.draft_tokens = 0
+        self.accepted_tokens = 0
+
+    def admit(self, seq: int, prompt: Sequence[int]) -> None:
+        self._history[seq] = TokenHistory(prompt)
+
+    def forget(self, seq: int) -> None:
+        self._history.pop(seq, None)
+
+    def clear(self) -> None:
+        self._history.clear()
+        self._decoding = []
+
+    def propose(self, scheduler: Scheduler, greedy: Callable[[int], bool]) -> None:
+        """Drafts, for the sequences decoding in the next step that ``greedy`` accepts."""
+        for seq in self._decoding:
+            if seq in self._history and greedy(seq):
+                draft = self.proposer.propose(self._history[seq])
+                if draft:
+                    scheduler.propose(seq, draft)
+
+    def verify(self, step: SchedulerStep, seqs: list[int], flat: list[int]) -> list[list[int]]:
+        """Each sampled sequence's tokens from the model's choices at its row's positions
+        (``flat``, rows in ``seqs`` order): the accepted drafts and one more."""
+        ends = dict(zip(step.seq_ids.tolist(), np.cumsum(step.query_lens).tolist(), strict=True))
+        lens = dict(zip(step.seq_ids.tolist(), step.draft_lens.tolist(), strict=True))
+        ids = step.input_ids
+        rows, offset = [], 0
+        for seq in seqs:
+            d, end = lens[seq], ends[seq]
+            row = accept(ids[end - d : end].tolist(), flat[offset : offset + d + 1])
+            offset += d + 1
+            self.draft_tokens += d
+            self.accepted_tokens += len(row) - 1
+            rows.append(row)
+        return rows
+
+    def finish(self, seq: int, prompt_len: int, generated: int, row: list[int]) -> list[int]:
+        """A finished sequence's last tokens: the scheduler drops those after a stop condition,
+        keeping ``generated`` in all."""
+        history = self._history.pop(seq, None)
+        if history is None:
+            return row
+        return row[: generated - (len(history) - prompt_len)]
+
+    def advance(self, seqs: list[int], rows: list[list[int]], finished: dict[int, str]) -> None:
+        for seq, row in zip(seqs, rows, strict=True):
+            if seq not in finished:
+                self._history[seq].extend(row)
+        self._decoding = [q for q in seqs if q not in finished]

@@ -1,0 +1,81 @@
+"""The engine's requests and how their tokens reach the callers: once per step, one wake-up per
+caller's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from stoker.generate._types import GenerationChunk, SamplingOptions
+
+__all__ = ["Done", "Request", "Updates", "collect", "deliver"]
+
+_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+@dataclass(eq=False)
+class Request:
+    prompt: list[int]
+    options: SamplingOptions
+    loop: asyncio.AbstractEventLoop | None  # None: an offline request, waited on by `done`
+    chunks: asyncio.Queue[GenerationChunk | BaseException] = field(default_factory=asyncio.Queue)
+    generated: list[int] = field(default_factory=list)
+    cached: int = -1  # prompt tokens the prefix cache held; known at the first schedule
+    done: threading.Event = field(default_factory=threading.Event)
+    finish: str | None = None
+    error: BaseException | None = None
+
+
+Updates = dict[Request, tuple[list[int], str | None]]
+"""New tokens and finish reason (None: running on) per request of one step."""
+
+
+@dataclass
+class Done:
+    """A step whose tokens are in, not yet handed to its requests."""
+
+    seqs: list[int]
+    requests: list[Request]
+    tokens: list[list[int]]  # per sequence: one, or with speculation the accepted drafts and one
+    finished: dict[int, str]
+
+
+def collect(done: Done) -> Updates:
+    """A finished step's tokens appended to its requests, as updates for the callers."""
+    out: Updates = {}
+    finished = done.finished
+    for seq, request, tokens in zip(done.seqs, done.requests, done.tokens, strict=True):
+        request.generated.extend(tokens)
+        reason = finished.get(seq)
+        out[request] = (tokens, _REASONS[reason] if reason else None)
+    return out
+
+
+def deliver(updates: Updates, error: BaseException | None = None) -> None:
+    """Settles each request's state and hands its chunk (or ``error``) to its caller's loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, GenerationChunk]]] = defaultdict(
+        list
+    )
+    for request, (tokens, reason) in updates.items():
+        if error is not None:
+            request.error, request.finish = error, "abort"
+        elif reason is not None:
+            request.finish = reason
+        if request.finish is not None:
+            request.done.set()
+        if request.loop is None:
+            continue
+        chunk = GenerationChunk(tokens, reason, len(request.prompt), max(request.cached, 0))  # type: ignore[arg-type]
+        by_loop[request.loop].append((request, chunk))
+    for loop, items in by_loop.items():
+        # A closed loop raises RuntimeError: that caller is gone and nobody waits any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_hand_out, items, error)
+
+
+def _hand_out(items: list[tuple[Request, GenerationChunk]], error: BaseException | None) -> None:
+    for request, chunk in items:
+        request.chunks.put_nowait(error if error is not None else chunk)
