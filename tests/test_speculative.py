@@ -156,3 +156,22 @@ def test_sampled_requests_get_no_drafts(llama: Path, engine_of: Any) -> None:
     spec = engine_of(llama, max_num_seqs=4, speculative=NgramProposer())
     assert spec.generate(prompts, seeded) == expected
     assert spec.stats().draft_tokens == 0
+
+
+def test_served_models_take_speculative_tokens(llama: Path) -> None:
+    from stoker.server import ModelConfig, ServerConfig
+    from stoker.server._app import _generators
+
+    with pytest.raises(ValueError, match="speculative_tokens"):
+        ModelConfig(name="m", model=str(llama), task="text-generation", speculative_tokens=-1)
+    model = ModelConfig(name="m", model=str(llama), task="text-generation", speculative_tokens=3)
+    engines = _generators(ServerConfig(models=(model,)))
+    try:
+        engine = engines["m"]
+        assert isinstance(engine, GenerateEngine)
+        prompt = _prompts(1, seed=9)
+        engine.generate(prompt, GREEDY)
+        assert engine.stats().draft_tokens > 0
+    finally:
+        for e in engines.values():
+            e.close()

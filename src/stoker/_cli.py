@@ -65,6 +65,10 @@ def serve(
     max_model_len: Annotated[
         int | None, typer.Option(help="text-generation: prompt + output tokens [default: model's]")
     ] = None,
+    speculative_tokens: Annotated[
+        int,
+        typer.Option(help="text-generation: prompt-lookup drafts per step for greedy requests"),
+    ] = 0,
     name: Annotated[str | None, typer.Option(help="model name in URLs (default: --model)")] = None,
     config: Annotated[
         Path | None, typer.Option(help="TOML file with [server] and [[models]] tables")
@@ -151,6 +155,7 @@ def serve(
                 max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens,
                 max_model_len=max_model_len,
+                speculative_tokens=speculative_tokens,
                 weights=weights,
                 device=device,
                 dtype=dtype,

@@ -140,7 +140,7 @@ def _generators(config: ServerConfig) -> dict[str, ServedGenerator]:
     wanted = [m for m in config.models if m.task == "text-generation"]
     if not wanted:
         return {}
-    from stoker.generate import GenerateEngine
+    from stoker.generate import GenerateEngine, NgramProposer
 
     engines: dict[str, ServedGenerator] = {}
     try:
@@ -155,6 +155,7 @@ def _generators(config: ServerConfig) -> dict[str, ServedGenerator]:
                 max_num_batched_tokens=m.max_num_batched_tokens,
                 max_model_len=m.max_model_len,
                 name=m.name,
+                speculative=(NgramProposer(m.speculative_tokens) if m.speculative_tokens else None),
             )
     except BaseException:
         for engine in engines.values():

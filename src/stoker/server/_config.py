@@ -76,6 +76,9 @@ class ModelConfig:
     a step with prefill work holds up the running sequences' next tokens."""
     max_model_len: int | None = None
     """text-generation: prompt plus output tokens per sequence; None: the model's length."""
+    speculative_tokens: int = 0
+    """text-generation: prompt-lookup draft tokens verified per step for greedy requests;
+    0: no speculative decoding."""
     devices: tuple[str, ...] | None = None
     """image-classification: one engine per device behind a least-loaded router (cpu, cuda:N,
     or N for cuda:N); ``device`` then becomes the first of them."""
@@ -92,6 +95,8 @@ class ModelConfig:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if min(self.max_num_seqs, self.max_num_batched_tokens) < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.speculative_tokens < 0:
+            raise ValueError(f"speculative_tokens must be >= 0, got {self.speculative_tokens}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be at least 2, got {self.max_model_len}")
         if self.top_k < 1:
