@@ -6,18 +6,26 @@ synchronized after every batch). On the GPUs' JPEG engines (A100, H100, H200) st
 leaves the SMs free; the CPU figure (stoker's native decode on every core) is the rate the GPU
 decode adds to.
 
+With ``--under-load`` each rate is measured twice: on idle GPUs, and while every GPU replays a
+CUDA graph of ResNet-50 (fp16, batch 256) back to back on a stream of its own, as in serving: a
+decoder that waits for unrelated GPU work shows it there. A decode call that takes longer than
+``--stall-seconds`` is reported with every thread's stack, and the run ends.
+
     python benchmarks/bench_nvjpeg.py                    # every GPU, small (500x375) JPEGs
     python benchmarks/bench_nvjpeg.py --images large --batch 32
+    python benchmarks/bench_nvjpeg.py --under-load
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import torch
@@ -32,14 +40,78 @@ from stoker._nvjpeg import NvJpeg
 Decode = Callable[[Sequence[bytes]], object]
 
 
+class Load:
+    """ResNet-50 fp16 CUDA graph replays, back to back, on every given GPU (one thread each)."""
+
+    def __init__(self, devices: Sequence[torch.device]) -> None:
+        import torchvision
+
+        self._stop = threading.Event()
+        self._graphs = []
+        for d in devices:
+            model = torchvision.models.resnet50().to(
+                d, torch.float16, memory_format=torch.channels_last
+            )
+            model.eval()
+            x = torch.randn(256, 3, 224, 224, device=d, dtype=torch.float16)
+            x = x.contiguous(memory_format=torch.channels_last)
+            stream = torch.cuda.Stream(d)  # type: ignore[no-untyped-call]
+            with torch.cuda.device(d), torch.cuda.stream(stream), torch.inference_mode():
+                model(x)
+                stream.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=stream):
+                    model(x)
+            self._graphs.append((d, stream, graph, model, x))
+        self.replays = [0] * len(devices)
+        self._threads: list[threading.Thread] = []
+
+    def _run(self, k: int) -> None:
+        d, stream, graph, _, _ = self._graphs[k]
+        with torch.cuda.device(d), torch.cuda.stream(stream):
+            while not self._stop.is_set():
+                graph.replay()
+                stream.synchronize()
+                self.replays[k] += 1
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self._stop.clear()
+        self._threads = [
+            threading.Thread(target=self._run, args=(k,), daemon=True)
+            for k in range(len(self._graphs))
+        ]
+        for t in self._threads:
+            t.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            for t in self._threads:
+                t.join()
+
+
 def _rate(
     devices: Sequence[torch.device],
     make: Callable[[torch.device], Decode],
     images: Sequence[bytes],
     batch: int,
     seconds: float,
+    stall: float,
 ) -> float:
     rates = [0.0] * len(devices)
+    calls: list[float | None] = [None] * len(devices)  # when each thread's current call began
+    done = threading.Event()
+
+    def watchdog() -> None:
+        # A decode call that never returns: every thread's stack, then the process ends.
+        while not done.wait(1.0):
+            now = time.perf_counter()
+            if any(c is not None and now - c > stall for c in calls):
+                print(f"a decode call took over {stall:.0f} s", file=sys.stderr, flush=True)
+                faulthandler.dump_traceback(all_threads=True)
+                os._exit(3)
+
     errors: list[BaseException] = []
     start = threading.Barrier(len(devices))
 
@@ -57,8 +129,10 @@ def _rate(
                 t0 = time.perf_counter()
                 j = 0
                 while time.perf_counter() < t0 + seconds:
+                    calls[k] = time.perf_counter()
                     decode(batches[j % len(batches)])
                     stream.synchronize()
+                    calls[k] = None
                     j += 1
                 rates[k] = j * batch / (time.perf_counter() - t0)
         except BaseException as e:  # reported by the main thread
@@ -66,10 +140,12 @@ def _rate(
             start.abort()
 
     threads = [threading.Thread(target=run, args=(k, d)) for k, d in enumerate(devices)]
+    threads.append(threading.Thread(target=watchdog, daemon=True))
     for t in threads:
         t.start()
-    for t in threads:
+    for t in threads[:-1]:
         t.join()
+    done.set()
     if errors:
         raise errors[0]
     return sum(rates)
@@ -94,6 +170,8 @@ def main() -> None:
     p.add_argument("--count", type=int, default=64)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--under-load", action="store_true", help="also with ResNet-50 running")
+    p.add_argument("--stall-seconds", type=float, default=30.0)
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_nvjpeg needs a CUDA device")
@@ -113,13 +191,22 @@ def main() -> None:
         f"CPU, stoker decode+resize on {stoker.get_num_threads()} threads: "
         f"{_cpu_rate(images, args.seconds):9.0f} img/s"
     )
+    load = Load(gpus) if args.under_load else None
     for name, make in decoders.items():
-        one = _rate(gpus[:1], make, images, args.batch, args.seconds)
-        line = f"{name:28s} 1 GPU {one:9.0f} img/s"
-        if len(gpus) > 1:
-            every = _rate(gpus, make, images, args.batch, args.seconds)
-            line += f", {len(gpus)} GPUs {every:9.0f} img/s ({every / one:.2f}x)"
-        print(line)
+        for loaded in (False, True) if load is not None else (False,):
+            with load.running() if load is not None and loaded else contextlib.nullcontext():
+                one = _rate(gpus[:1], make, images, args.batch, args.seconds, args.stall_seconds)
+                every = (
+                    _rate(gpus, make, images, args.batch, args.seconds, args.stall_seconds)
+                    if len(gpus) > 1
+                    else 0.0
+                )
+            line = f"{name:28s} {'under load' if loaded else 'idle GPU':10s} 1 GPU {one:9.0f} img/s"
+            if len(gpus) > 1:
+                line += f", {len(gpus)} GPUs {every:9.0f} img/s ({every / one:.2f}x)"
+            if load is not None and loaded:
+                line += f"; ResNet-50 replays {load.replays}"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
