@@ -1,7 +1,8 @@
-"""Speculative decoding: drafts verified in one forward pass never change greedy output.
+"""Speculative decoding: drafts verified in one forward pass never change greedy output, nor the
+distribution of sampled output.
 
-Proposers that are always right, always wrong and prompt lookup must all give the tokens of the
-engine without speculation; only the number of steps may change.
+Proposers that are always right, always wrong and prompt lookup must all give the greedy tokens
+of the engine without speculation; only the number of steps may change.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from stoker.generate import (  # noqa: E402
     SamplingOptions,
     TokenHistory,
 )
+from stoker.generate._sampling import sample_verifying  # noqa: E402
 from stoker.generate._speculative import accept  # noqa: E402
 
 GREEDY = SamplingOptions(max_tokens=24, temperature=0.0, ignore_eos=True)
@@ -148,14 +150,43 @@ def test_drafts_survive_chunking_preemption_and_stops(llama: Path, engine_of: An
     assert want[0][-1] == stop and len(want[0]) < len(expected[0])
 
 
-def test_sampled_requests_get_no_drafts(llama: Path, engine_of: Any) -> None:
-    prompts = _prompts(3, seed=7)
-    seeded = SamplingOptions(max_tokens=12, temperature=0.8, seed=11, ignore_eos=True)
-    plain = engine_of(llama, max_num_seqs=4)
-    expected = plain.generate(prompts, seeded)
-    spec = engine_of(llama, max_num_seqs=4, speculative=NgramProposer())
-    assert spec.generate(prompts, seeded) == expected
-    assert spec.stats().draft_tokens == 0
+def test_a_draft_is_kept_with_its_probability_and_replaced_from_the_rest() -> None:
+    torch.manual_seed(0)
+    n = 40_000
+    p = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    logits = p.log().expand(n, 4).contiguous()
+    rows = [SamplingOptions(temperature=1.0)] * n
+    for draft in (1, 3, -1):
+        got = sample_verifying(logits, rows, list(range(n)), [draft] * n)
+        seen = torch.bincount(got, minlength=4).float() / n
+        # Keeping the draft with p(draft) and otherwise drawing from the rest is exact.
+        assert (seen - p).abs().max().item() < 0.01, (draft, seen)
+    greedy = [SamplingOptions(temperature=0.0)] * 2
+    assert sample_verifying(logits[:2], greedy, [0, 1], [1, -1]).tolist() == [0, 0]
+
+
+def test_sampled_output_keeps_its_distribution(llama: Path, engine_of: Any) -> None:
+    prompt = _prompts(1, seed=13)[0]
+    n = 1024
+    options = [
+        SamplingOptions(max_tokens=3, temperature=1.0, top_k=3, seed=s, ignore_eos=True)
+        for s in range(n)
+    ]
+    plain = engine_of(llama, max_num_seqs=256)
+    expected = plain.generate([prompt] * n, options)
+    greedy = plain.generate([prompt], SamplingOptions(max_tokens=3, temperature=0.0))[0]
+    # Drafts that are often right: the greedy continuation.
+    spec = engine_of(llama, max_num_seqs=256, speculative=Oracle([prompt + greedy]))
+    got = spec.generate([prompt] * n, options)
+    again = engine_of(llama, max_num_seqs=256, speculative=Oracle([prompt + greedy]))
+    assert again.generate([prompt] * n, options) == got  # seeded: reproducible
+    stats = spec.stats()
+    assert 0 < stats.accepted_tokens < stats.draft_tokens
+    assert got != expected  # other draws, not other distributions:
+    for k in (1, 2):
+        want = torch.tensor([e[k] for e in expected]).bincount(minlength=512).float() / n
+        have = torch.tensor([g[k] for g in got]).bincount(minlength=512).float() / n
+        assert 0.5 * (want - have).abs().sum().item() < 0.08, k
 
 
 def test_served_models_take_speculative_tokens(llama: Path) -> None:

@@ -67,7 +67,7 @@ def serve(
     ] = None,
     speculative_tokens: Annotated[
         int,
-        typer.Option(help="text-generation: prompt-lookup drafts per step for greedy requests"),
+        typer.Option(help="text-generation: speculative prompt-lookup draft tokens per step"),
     ] = 0,
     name: Annotated[str | None, typer.Option(help="model name in URLs (default: --model)")] = None,
     config: Annotated[

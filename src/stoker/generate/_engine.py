@@ -47,8 +47,8 @@ class GenerateEngine:
 
     ``num_blocks`` fixes the KV cache's size; by default it takes ``kv_cache_fraction`` of the
     GPU memory left after the weights (on CPU: room for every sequence at full length, at most
-    ``cpu_kv_bytes``). ``speculative`` proposes draft tokens for greedy requests (for example
-    ``NgramProposer()``), verified in the step that decodes them (see ``_speculative``).
+    ``cpu_kv_bytes``). ``speculative`` proposes draft tokens (for example ``NgramProposer()``),
+    verified in the step that decodes them (see ``_speculative``).
     """
 
     def __init__(
@@ -320,16 +320,12 @@ class GenerateEngine:
                     self._speculation.forget(seq)
         return True
 
-    def _greedy(self, seq: int) -> bool:
-        request = self._requests.get(seq)
-        return request is not None and request.options.temperature == 0.0
-
     def _launch(self) -> tuple[SchedulerStep, list[Request], Sampled | None] | None:
         """Schedules a step and queues it on the device."""
         if not (self.scheduler.num_running or self.scheduler.num_waiting):
             return None
         if self._speculation is not None:
-            self._speculation.propose(self.scheduler, self._greedy)
+            self._speculation.propose(self.scheduler, self._requests.__contains__)
         step = self.scheduler.schedule()
         self._owed = len(step.sample)
         self._counts["preemptions"] += len(step.preempted)

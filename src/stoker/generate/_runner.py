@@ -19,7 +19,7 @@ from torch import Tensor
 
 from stoker._native import SchedulerStep
 from stoker.generate._model import Decoder, KVCache, StepBatch
-from stoker.generate._sampling import sample
+from stoker.generate._sampling import sample, sample_verifying
 from stoker.generate._types import SamplingOptions
 
 __all__ = ["ModelRunner", "Sampled", "graph_buckets"]
@@ -214,26 +214,34 @@ class ModelRunner:
     ) -> Sampled:
         """Queues the step and its sampling on the device; the tokens come from the result.
 
-        With ``verify`` (draft counts per row, for greedy rows only) a row with d drafts gets
-        d + 1 tokens, the model's choice at each of its last d + 1 positions."""
+        With ``verify`` (draft counts per row) a row with d drafts gets d + 1 tokens, a choice at
+        each of its last d + 1 positions that keeps or replaces the draft it verifies
+        (``sample_verifying``)."""
         timed = self.timeline is not None and self.device.type == "cuda"
         if timed:
             start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             start.record()
         logits = self.logits(step, rows, verify)
         if verify is not None:
-            options = [
-                o for o, d in zip(options, verify.tolist(), strict=True) for _ in range(d + 1)
-            ]
+            counts = verify.tolist()
+            options = [o for o, d in zip(options, counts, strict=True) for _ in range(d + 1)]
             positions = [
-                p - d + j
-                for p, d in zip(positions, verify.tolist(), strict=True)
-                for j in range(d + 1)
+                p - d + j for p, d in zip(positions, counts, strict=True) for j in range(d + 1)
+            ]
+            ends = np.cumsum(step.query_lens)[rows].tolist()
+            ids = step.input_ids
+            drafts = [
+                t
+                for end, d in zip(ends, counts, strict=True)
+                for t in [*ids[end - d : end].tolist(), -1]
             ]
         if timed:
             mid = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             mid.record()
-        tokens = sample(logits, options, positions)
+        if verify is None:
+            tokens = sample(logits, options, positions)
+        else:
+            tokens = sample_verifying(logits, options, positions, drafts)
         if self.device.type != "cuda":
             return Sampled(tokens, None)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)

@@ -17,7 +17,7 @@ from torch import Tensor
 from stoker.generate._sample_kernel import HAS_TRITON, gumbel_argmax
 from stoker.generate._types import SamplingOptions
 
-__all__ = ["sample"]
+__all__ = ["sample", "sample_verifying"]
 
 _MIX = 0x9E3779B97F4A7C15  # spreads consecutive token indices over the seed space
 _SEEDS = random.Random()  # seeds of unseeded rows on the fused path
@@ -55,6 +55,53 @@ def _noise(
     return noise
 
 
+def _probabilities(logits: Tensor, rows: Sequence[SamplingOptions]) -> Tensor:
+    """Each row's sampling distribution: temperature, then top-k and top-p (greedy rows get a
+    temperature of 1, their probabilities unused)."""
+    temps = torch.tensor(
+        [r.temperature if r.temperature > 0 else 1.0 for r in rows], device=logits.device
+    )
+    scaled = logits / temps.unsqueeze(1)
+    if any(r.top_k > 0 for r in rows):
+        scaled = _filter_top_k(scaled, [r.top_k for r in rows])
+    if any(r.top_p < 1.0 for r in rows):
+        scaled = _filter_top_p(scaled, [r.top_p for r in rows])
+    return scaled.softmax(dim=-1)
+
+
+def sample_verifying(
+    logits: Tensor,
+    rows: Sequence[SamplingOptions],
+    positions: Sequence[int],
+    drafts: Sequence[int],
+) -> Tensor:
+    """``sample`` at positions that verify a speculative draft (``drafts[i]`` >= 0: the draft
+    token proposed for row i's position; -1: none).
+
+    A greedy row takes its argmax. A sampled row with a draft keeps the draft with probability
+    p(draft), and otherwise draws from p without the draft: the first rejected draft is replaced
+    by a token drawn from exactly the distribution that makes the row's output distributed as
+    without speculation (speculative sampling with a one-hot proposal). Rows without a draft
+    draw from p. The acceptance draws are keyed like the sampling noise, by seed and position.
+    """
+    if all(r.temperature == 0.0 for r in rows):
+        return logits.argmax(dim=-1)
+    device = logits.device
+    probs = _probabilities(logits, rows)
+    draft = torch.tensor(list(drafts), device=device)
+    has = draft >= 0
+    index = draft.clamp(min=0).unsqueeze(1)
+    p_draft = probs.gather(1, index).squeeze(1)
+    # exp(-E) of an exponential draw E is uniform on (0, 1).
+    uniform = torch.exp(-_noise((len(rows), 1), rows, [~p for p in positions], device)[:, 0])
+    keep = has & (uniform < p_draft)
+    residual = torch.where(has.unsqueeze(1), probs.scatter(1, index, 0.0), probs)
+    drawn = (residual / _noise(tuple(probs.shape), rows, positions, device)).argmax(dim=-1)  # type: ignore[arg-type]
+    chosen = torch.where(keep, draft, drawn)
+    is_greedy = torch.tensor([r.temperature == 0.0 for r in rows], device=device)
+    return torch.where(is_greedy, logits.argmax(dim=-1), chosen)
+
+
 def sample(logits: Tensor, rows: Sequence[SamplingOptions], positions: Sequence[int]) -> Tensor:
     """One token id (int64, on the logits' device) per row of float32 ``logits`` (N, vocab).
 
@@ -69,15 +116,7 @@ def sample(logits: Tensor, rows: Sequence[SamplingOptions], positions: Sequence[
     ):
         return _fused(logits, rows, positions)
     greedy = logits.argmax(dim=-1)
-    temps = torch.tensor(
-        [r.temperature if r.temperature > 0 else 1.0 for r in rows], device=logits.device
-    )
-    scaled = logits / temps.unsqueeze(1)
-    if any(r.top_k > 0 for r in rows):
-        scaled = _filter_top_k(scaled, [r.top_k for r in rows])
-    if any(r.top_p < 1.0 for r in rows):
-        scaled = _filter_top_p(scaled, [r.top_p for r in rows])
-    probs = scaled.softmax(dim=-1)
+    probs = _probabilities(logits, rows)
     drawn = (probs / _noise(tuple(probs.shape), rows, positions, logits.device)).argmax(dim=-1)  # type: ignore[arg-type]
     is_greedy = torch.tensor([r.temperature == 0.0 for r in rows], device=logits.device)
     return torch.where(is_greedy, greedy, drawn)

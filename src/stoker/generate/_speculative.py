@@ -1,10 +1,12 @@
 """Speculative decoding: draft tokens proposed on the host, verified in one target forward pass.
 
-A decoding sequence's row carries its input token and the drafts; the model's greedy choice at
-every position of the row says how many drafts were right (the accepted ones) and gives one more
-token of its own. The output is the model's greedy output token for token, whatever the drafts;
-only the number of forward passes changes. Drafts go to greedy requests only, so sampled ones
-keep their distribution by construction.
+A decoding sequence's row carries its input token and the drafts; a choice at every position of
+the row (``sample_verifying``) keeps or replaces the draft there, the row emits the kept drafts
+up to the first replaced one, and that replacement (or, with every draft kept, one more token).
+For a greedy request the choice is the argmax: the output is the model's greedy output token
+for token, whatever the drafts. For a sampled one a draft is kept with its probability and
+otherwise replaced by a draw from the rest of the distribution, which leaves the output's
+distribution that of sampling without drafts. Only the number of forward passes changes.
 
 The proposer shipped here is prompt lookup (n-gram): the longest recent n-gram at the end of the
 sequence that occurred before proposes what followed it then. It needs no draft model and pays
@@ -92,8 +94,8 @@ class NgramProposer:
 
 
 def accept(drafts: Sequence[int], chosen: Sequence[int]) -> list[int]:
-    """The tokens a row emits: the model's choices at each position (``chosen``, one more than
-    the drafts) up to and including the first that differs from the draft it verifies."""
+    """The tokens a row emits: the choices at its positions (``chosen``, one more than the
+    drafts) up to and including the first that differs from the draft it verifies."""
     accepted = 0
     while accepted < len(drafts) and chosen[accepted] == drafts[accepted]:
         accepted += 1
@@ -121,17 +123,17 @@ class Speculation:
         self._history.clear()
         self._decoding = []
 
-    def propose(self, scheduler: Scheduler, greedy: Callable[[int], bool]) -> None:
-        """Drafts, for the sequences decoding in the next step that ``greedy`` accepts."""
+    def propose(self, scheduler: Scheduler, live: Callable[[int], bool]) -> None:
+        """Drafts for the sequences decoding in the next step (those ``live`` still serves)."""
         for seq in self._decoding:
-            if seq in self._history and greedy(seq):
+            if seq in self._history and live(seq):
                 draft = self.proposer.propose(self._history[seq])
                 if draft:
                     scheduler.propose(seq, draft)
 
     def verify(self, step: SchedulerStep, seqs: list[int], flat: list[int]) -> list[list[int]]:
-        """Each sampled sequence's tokens from the model's choices at its row's positions
-        (``flat``, rows in ``seqs`` order): the accepted drafts and one more."""
+        """Each sampled sequence's tokens from the choices at its row's positions (``flat``,
+        rows in ``seqs`` order): the kept drafts and one more."""
         ends = dict(zip(step.seq_ids.tolist(), np.cumsum(step.query_lens).tolist(), strict=True))
         lens = dict(zip(step.seq_ids.tolist(), step.draft_lens.tolist(), strict=True))
         ids = step.input_ids

@@ -77,7 +77,7 @@ class ModelConfig:
     max_model_len: int | None = None
     """text-generation: prompt plus output tokens per sequence; None: the model's length."""
     speculative_tokens: int = 0
-    """text-generation: prompt-lookup draft tokens verified per step for greedy requests;
+    """text-generation: prompt-lookup draft tokens verified per step (speculative decoding);
     0: no speculative decoding."""
     devices: tuple[str, ...] | None = None
     """image-classification: one engine per device behind a least-loaded router (cpu, cuda:N,
