@@ -123,10 +123,12 @@ class ReferenceKVBlocks:
         self.prefix_misses += full - len(found)
         return len(found) * bs
 
-    def can_append(self, seq: int) -> bool:
+    def append_needs_block(self, seq: int) -> bool:
         s = self._get(seq)
-        fits = len(s.tokens) % self.block_size != 0 and self._holders[s.blocks[-1]] == 1
-        return fits or self.num_free_blocks > 0
+        return len(s.tokens) % self.block_size == 0 or self._holders[s.blocks[-1]] > 1
+
+    def can_append(self, seq: int) -> bool:
+        return not self.append_needs_block(seq) or self.num_free_blocks > 0
 
     def append_slot(
         self, seq: int, token: int, tentative: bool = False

@@ -148,7 +148,8 @@ class ReferenceScheduler:
         out = Step()
         scheduled: set[int] = set()
         budget = self.max_tokens
-        spare = budget - sum(1 for q in self._running if not self._seqs[q].prefilling)
+        decoders = sum(1 for q in self._running if not self._seqs[q].prefilling)
+        spare = budget - decoders
         i = 0
         while i < len(self._running):
             seq = self._running[i]
@@ -160,9 +161,12 @@ class ReferenceScheduler:
             s = self._seqs[seq]
             n = self.blocks.num_tokens(seq)
             self._append(seq, s.tokens[n], out)
+            decoders -= 1
             left = s.max_new_tokens - (len(s.tokens) - s.prompt_len) - 1
             k = 0
-            while k < min(len(s.draft), spare, left) and self.blocks.can_append(seq):
+            while k < min(len(s.draft), spare, left) and (
+                not self.blocks.append_needs_block(seq) or self.blocks.num_free_blocks > decoders
+            ):
                 self._append(seq, s.draft[k], out, tentative=True)
                 k += 1
             del s.draft[k:]

@@ -247,3 +247,17 @@ def test_drafts_are_verified_in_one_row(make: Callable[..., Any]) -> None:
     s2.schedule()
     assert s2.update([6, 0, 7, 9], [4]) == [(1, [5, 6, 0], "eos")]
     assert (s2.num_running, s2.num_waiting) == (0, 0)
+
+
+@pytest.mark.parametrize("make", MAKERS)
+def test_drafts_never_take_a_block_a_later_decode_row_may_need(make: Callable[..., Any]) -> None:
+    for num_blocks, drafts in ((5, 0), (6, 2)):
+        s = make(num_blocks, 2, 16, 2)
+        s.add(1, [1, 2, 3], 8)
+        s.add(2, [4, 5, 6], 8)
+        s.schedule()
+        s.update([7, 8])  # 1 2 3 7 and 4 5 6 8: two blocks each
+        s.propose(1, [9, 9, 9])
+        step = plain(s.schedule())
+        # Sequence 1's drafts need a new block; one stays free for sequence 2's row.
+        assert step["draft_lens"] == [drafts, 0] and step["preempted"] == []

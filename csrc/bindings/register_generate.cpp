@@ -181,6 +181,8 @@ void register_generate(nb::module_& m) {
           "Blocks for a new sequence's prompt, reusing cached leading full blocks. Returns how\n"
           "many prompt tokens are already cached, or None when out of blocks (nothing changed).")
       .def("can_append", &KVBlockManager::can_append, nb::arg("seq"))
+      .def("append_needs_block", &KVBlockManager::append_needs_block, nb::arg("seq"),
+           "Whether append_slot() takes a block from the pool (a new one or a private copy).")
       .def(
           "append_slot",
           [](KVBlockManager& k, SeqId seq, TokenId token, bool tentative) {

@@ -66,6 +66,8 @@ class KVBlockManager {
   // nothing changed). Throws std::invalid_argument for a known seq or a negative token id.
   std::optional<int64_t> allocate(SeqId seq, std::span<const TokenId> tokens);
   bool can_append(SeqId seq) const;
+  // Whether append_slot() takes a block from the pool (a new one, or a private copy).
+  bool append_needs_block(SeqId seq) const { return needs_block(find(seq)); }
   // Makes room for one decoded token and records it. A tentative token waits for settle();
   // std::logic_error for a settled token appended after unsettled tentative ones.
   AppendResult append_slot(SeqId seq, TokenId token, bool tentative = false);

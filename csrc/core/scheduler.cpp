@@ -108,10 +108,11 @@ SchedulerStep Scheduler::schedule() {
   out.seqs.reserve(running_.size());
   out.sample.reserve(running_.size());
   int64_t budget = max_tokens_;
-  int64_t spare = 0;  // for drafts, once every decoding sequence has its row
+  int64_t spare = 0;     // for drafts, once every decoding sequence has its row
+  int64_t decoders = 0;  // decoding sequences whose row is still to come
   if (!proposed_.empty()) {
-    spare = budget;
-    for (SeqId seq : running_) spare -= seqs_.at(seq).prefilling ? 0 : 1;
+    for (SeqId seq : running_) decoders += seqs_.at(seq).prefilling ? 0 : 1;
+    spare = budget - decoders;
   }
   std::vector<std::pair<size_t, std::vector<TokenId>>> drafts;  // by index in out.sample
   auto append = [&](SeqId seq, TokenId token, bool tentative = false) {
@@ -127,10 +128,14 @@ SchedulerStep Scheduler::schedule() {
     if (!make_room(seq, [&] { return blocks_.can_append(seq); }, out)) break;
     const int64_t n = blocks_.num_tokens(seq);
     append(seq, s.tokens[size_t(n)]);
+    --decoders;
     const int64_t left = s.params.max_new_tokens - int64_t(s.tokens.size() - s.prompt_len) - 1;
     const int64_t limit = std::min({int64_t(s.draft.size()), spare, left});
     int64_t k = 0;
-    for (; k < limit && blocks_.can_append(seq); ++k) append(seq, s.draft[size_t(k)], true);
+    auto fits = [&] {
+      return !blocks_.append_needs_block(seq) || blocks_.num_free_blocks() > decoders;
+    };
+    for (; k < limit && fits(); ++k) append(seq, s.draft[size_t(k)], true);
     emit(seq, s, n, n + 1 + k, out, int32_t(k));
     if (k > 0) {
       s.draft.resize(size_t(k));

@@ -37,8 +37,10 @@
 //   looping: the oldest running sequence, alone, always fits.
 // - Speculative drafts: propose() gives a decoding sequence draft tokens for the next step. Its
 //   decode row then carries them after its input token, as many as (a) the budget spares once
-//   every decoding sequence has its row, (b) fit without new blocks being taken by preemption
-//   (one can_append() at a time), and (c) can still be emitted (max_new_tokens - generated - 1).
+//   every decoding sequence has its row, (b) fit without taking a block that a later decode row
+//   of the step may need (a draft takes a new block only while more blocks are free than
+//   decoding sequences still wait for their row), and (c) can still be emitted
+//   (max_new_tokens - generated - 1).
 //   Their slots are tentative in the block manager. The next schedule() forgets every proposal,
 //   used or not.
 // - update() must follow every schedule() that samples, with one token per sampling sequence in

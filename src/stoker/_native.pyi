@@ -330,6 +330,11 @@ class KVBlockManager:
         """
 
     def can_append(self, seq: int) -> bool: ...
+    def append_needs_block(self, seq: int) -> bool:
+        """
+        Whether append_slot() takes a block from the pool (a new one or a private copy).
+        """
+
     def append_slot(
         self, seq: int, token: int, tentative: bool = False
     ) -> tuple[bool, tuple[int, int] | None]:
