@@ -17,6 +17,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,13 @@ class Oracle:
     def __init__(self, full: dict[int, list[int]], k: int, vocab: int, wrong: bool) -> None:
         self.full, self.k, self.vocab, self.wrong = full, k, vocab, wrong
 
-    def propose(self, history: TokenHistory) -> list[int]:
-        head = history.tokens(0, 8)
-        tokens = self.full[hash(tuple(head))]
-        nxt = tokens[len(history) : len(history) + self.k]
-        return [(t + 1) % self.vocab for t in nxt] if self.wrong else nxt
+    def propose(self, histories: Sequence[TokenHistory]) -> list[list[int]]:
+        out = []
+        for history in histories:
+            tokens = self.full[hash(tuple(history.tokens(0, 8)))]
+            nxt = tokens[len(history) : len(history) + self.k]
+            out.append([(t + 1) % self.vocab for t in nxt] if self.wrong else nxt)
+        return out
 
 
 def _prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:

@@ -7,7 +7,7 @@ of the engine without speculation; only the number of steps may change.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ pytest.importorskip("safetensors")
 
 from _tiny_llm import build_model  # noqa: E402
 
+from stoker import _native  # noqa: E402
 from stoker.generate import (  # noqa: E402
     GenerateEngine,
     NgramProposer,
@@ -67,8 +68,10 @@ class Oracle:
     def __init__(self, full: list[list[int]], num_tokens: int = 4, wrong: bool = False) -> None:
         self.full, self.num_tokens, self.wrong = full, num_tokens, wrong
 
-    def propose(self, history: TokenHistory) -> list[int]:
-        seen = history.tokens()
+    def propose(self, histories: Sequence[TokenHistory]) -> list[list[int]]:
+        return [self._one(h.tokens()) for h in histories]
+
+    def _one(self, seen: list[int]) -> list[int]:
         for tokens in self.full:
             if tokens[: len(seen)] == seen:
                 nxt = tokens[len(seen) : len(seen) + self.num_tokens]
@@ -76,26 +79,34 @@ class Oracle:
         return []
 
 
-def test_history_finds_whole_tokens_only() -> None:
-    # 256 is bytes 00 01 00 00: a byte pattern of token 1 sits inside it, misaligned.
-    h = TokenHistory([256, 1, 7, 1])
-    assert h.tokens() == [256, 1, 7, 1] and len(h) == 4
-    assert h.rfind(3, 4, 3) == 1
-    assert h.rfind(2, 3, 2) == -1
-    assert TokenHistory([1 << 31 - 1]).tokens() == [1 << 31 - 1]
+def test_history_holds_int32_tokens() -> None:
+    h = TokenHistory([256, 1, 7])
+    h.extend([1, (1 << 31) - 1])
+    assert h.tokens() == [256, 1, 7, 1, (1 << 31) - 1] and len(h) == 5
+    assert h.tokens(1, 3) == [1, 7] and h.buffer.itemsize == 4
 
 
 def test_ngram_proposals() -> None:
     p = NgramProposer(num_tokens=3, max_ngram=2)
-    assert p.propose(TokenHistory([5, 6, 7, 8, 9, 5, 6])) == [7, 8, 9]
-    assert p.propose(TokenHistory([1, 2, 3, 1, 9, 2, 3])) == [1, 9, 2]  # the 2-gram wins
-    assert p.propose(TokenHistory([4, 1, 2, 3, 4])) == [1, 2, 3]  # then a 1-gram
-    assert p.propose(TokenHistory([1, 2, 3])) == []
-    assert p.propose(TokenHistory([7])) == []
+
+    def one(tokens: list[int]) -> list[int]:
+        return p.propose([TokenHistory(tokens)])[0]
+
+    assert one([5, 6, 7, 8, 9, 5, 6]) == [7, 8, 9]
+    assert one([1, 2, 3, 1, 9, 2, 3]) == [1, 9, 2]  # the 2-gram wins
+    assert one([4, 1, 2, 3, 4]) == [1, 2, 3]  # then a 1-gram
+    assert one([3, 5, 3, 6, 3]) == [6, 3]  # the latest occurrence, cut at the end
+    assert one([1, 2, 3]) == []
+    assert one([7]) == [] and one([]) == []
+    # 256 holds the bytes of 1 at an odd offset: only whole tokens match.
+    assert one([256, 0, 9, 1]) == []
+    assert p.propose([]) == []
     with pytest.raises(ValueError, match="num_tokens"):
         NgramProposer(num_tokens=0)
     with pytest.raises(ValueError, match="min_ngram"):
         NgramProposer(max_ngram=1, min_ngram=2)
+    with pytest.raises(ValueError, match="whole number of int32 tokens"):
+        _native.ngram_propose([b"abc"], 3, 1, 4)
 
 
 def test_accept_takes_the_agreeing_drafts_and_one_more() -> None:

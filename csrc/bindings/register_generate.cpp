@@ -11,14 +11,18 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
 
 #include "bindings/bindings.hpp"
+#include "bindings/inputs.hpp"
 #include "core/kv_blocks.hpp"
+#include "core/ngram.hpp"
 #include "core/scheduler.hpp"
 
 namespace stoker::bindings {
@@ -232,6 +236,35 @@ void register_generate(nb::module_& m) {
       .def_prop_ro("prefix_hits", &KVBlockManager::prefix_hits)
       .def_prop_ro("prefix_misses", &KVBlockManager::prefix_misses);
   register_scheduler(m);
+
+  m.def(
+      "ngram_propose",
+      [](nb::handle histories, int max_ngram, int min_ngram, int num_tokens) {
+        Inputs inputs(histories);
+        std::vector<std::vector<TokenId>> drafts(inputs.spans.size());
+        try {
+          nb::gil_scoped_release release;
+          std::vector<TokenId> tokens;
+          for (size_t i = 0; i < inputs.spans.size(); ++i) {
+            const ByteSpan& b = inputs.spans[i];
+            if (b.size % sizeof(TokenId) != 0) {
+              throw std::invalid_argument("history " + std::to_string(i) +
+                                          " is not a whole number of int32 tokens");
+            }
+            tokens.resize(b.size / sizeof(TokenId));
+            if (b.size > 0) std::memcpy(tokens.data(), b.data, b.size);
+            drafts[i] = ngram_propose(tokens, max_ngram, min_ngram, num_tokens);
+          }
+        } catch (...) {
+          inputs.release();
+          throw;
+        }
+        inputs.release();
+        return drafts;
+      },
+      nb::arg("histories"), nb::arg("max_ngram"), nb::arg("min_ngram"), nb::arg("num_tokens"),
+      "Prompt-lookup drafts for each history (native-endian int32 tokens, bytes-like): what\n"
+      "followed the latest earlier occurrence of its last n tokens, n from max_ngram down.");
 }
 
 }  // namespace stoker::bindings

@@ -470,6 +470,14 @@ class Scheduler:
     @property
     def prefix_misses(self) -> int: ...
 
+def ngram_propose(
+    histories: object, max_ngram: int, min_ngram: int, num_tokens: int
+) -> list[list[int]]:
+    """
+    Prompt-lookup drafts for each history (native-endian int32 tokens, bytes-like): what
+    followed the latest earlier occurrence of its last n tokens, n from max_ngram down.
+    """
+
 class NvJpegDecoder:
     """
     nvJPEG for the CUDA device current when it is made;

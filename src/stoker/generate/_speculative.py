@@ -8,71 +8,55 @@ for token, whatever the drafts. For a sampled one a draft is kept with its proba
 otherwise replaced by a draw from the rest of the distribution, which leaves the output's
 distribution that of sampling without drafts. Only the number of forward passes changes.
 
-The proposer shipped here is prompt lookup (n-gram): the longest recent n-gram at the end of the
+The proposer shipped here is prompt lookup (n-gram, in C++): the longest n-gram at the end of the
 sequence that occurred before proposes what followed it then. It needs no draft model and pays
 off where output repeats its context (extraction, code edits, summaries quoting the input).
 """
 
 from __future__ import annotations
 
+import array
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
-from stoker._native import Scheduler, SchedulerStep
+from stoker._native import Scheduler, SchedulerStep, ngram_propose
+
+if array.array("i").itemsize != 4:
+    raise ImportError("speculative decoding needs a 4-byte C int for its token buffers")
 
 __all__ = ["NgramProposer", "Proposer", "Speculation", "TokenHistory", "accept"]
 
-_WIDTH = 4  # bytes per token in a TokenHistory
-
 
 class TokenHistory:
-    """A sequence's tokens as little-endian int32 bytes: appends are cheap and n-gram lookups run
-    as one C-level ``bytearray.rfind``."""
+    """A sequence's tokens as an int32 array: appends are cheap, and the native proposer reads
+    the buffer without a copy into Python objects."""
 
     def __init__(self, tokens: Sequence[int] = ()) -> None:
-        self._bytes = bytearray()
-        self.extend(tokens)
+        self.buffer = array.array("i", tokens)
 
     def __len__(self) -> int:
-        return len(self._bytes) // _WIDTH
+        return len(self.buffer)
 
     def extend(self, tokens: Sequence[int]) -> None:
-        for t in tokens:
-            self._bytes += int(t).to_bytes(_WIDTH, "little")
+        self.buffer.extend(tokens)
 
     def tokens(self, start: int = 0, stop: int | None = None) -> list[int]:
-        end = len(self) if stop is None else min(stop, len(self))
-        return [
-            int.from_bytes(self._bytes[i * _WIDTH : (i + 1) * _WIDTH], "little")
-            for i in range(max(start, 0), end)
-        ]
-
-    def rfind(self, start: int, stop: int, end: int) -> int:
-        """The token index of the last occurrence of tokens[start:stop] lying wholly before
-        token ``end``, or -1."""
-        pattern = bytes(self._bytes[start * _WIDTH : stop * _WIDTH])
-        limit = end * _WIDTH
-        while True:
-            at = self._bytes.rfind(pattern, 0, limit)
-            if at < 0:
-                return -1
-            if at % _WIDTH == 0:
-                return at // _WIDTH
-            limit = at + len(pattern) - 1  # a match across token boundaries: look further back
+        return self.buffer[start:stop].tolist()
 
 
 class Proposer(Protocol):
-    """Draft tokens for a sequence's next step, from its tokens so far (prompt and output)."""
+    """Draft tokens for each sequence's next step, from its tokens so far (prompt and output),
+    for all the sequences of a step at once."""
 
-    def propose(self, history: TokenHistory) -> list[int]: ...
+    def propose(self, histories: Sequence[TokenHistory]) -> list[list[int]]: ...
 
 
 class NgramProposer:
-    """Prompt lookup: up to ``num_tokens`` drafts copied from what followed the last earlier
+    """Prompt lookup: up to ``num_tokens`` drafts copied from what followed the latest earlier
     occurrence of the sequence's final n-gram, trying n from ``max_ngram`` down to
-    ``min_ngram``."""
+    ``min_ngram`` (natively, one call per step)."""
 
     def __init__(self, num_tokens: int = 4, max_ngram: int = 3, min_ngram: int = 1) -> None:
         if num_tokens < 1:
@@ -83,14 +67,11 @@ class NgramProposer:
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
 
-    def propose(self, history: TokenHistory) -> list[int]:
-        n_tokens = len(history)
-        for n in range(min(self.max_ngram, n_tokens - 1), self.min_ngram - 1, -1):
-            # The match must end before the final n-gram's last token, so something follows it.
-            at = history.rfind(n_tokens - n, n_tokens, n_tokens - 1)
-            if at >= 0:
-                return history.tokens(at + n, at + n + self.num_tokens)
-        return []
+    def propose(self, histories: Sequence[TokenHistory]) -> list[list[int]]:
+        drafts: list[list[int]] = ngram_propose(
+            [h.buffer for h in histories], self.max_ngram, self.min_ngram, self.num_tokens
+        )
+        return drafts
 
 
 def accept(drafts: Sequence[int], chosen: Sequence[int]) -> list[int]:
@@ -125,11 +106,13 @@ class Speculation:
 
     def propose(self, scheduler: Scheduler, live: Callable[[int], bool]) -> None:
         """Drafts for the sequences decoding in the next step (those ``live`` still serves)."""
-        for seq in self._decoding:
-            if seq in self._history and live(seq):
-                draft = self.proposer.propose(self._history[seq])
-                if draft:
-                    scheduler.propose(seq, draft)
+        seqs = [q for q in self._decoding if q in self._history and live(q)]
+        if not seqs:
+            return
+        drafts = self.proposer.propose([self._history[q] for q in seqs])
+        for seq, draft in zip(seqs, drafts, strict=True):
+            if draft:
+                scheduler.propose(seq, draft)
 
     def verify(self, step: SchedulerStep, seqs: list[int], flat: list[int]) -> list[list[int]]:
         """Each sampled sequence's tokens from the choices at its row's positions (``flat``,
