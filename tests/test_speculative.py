@@ -217,3 +217,27 @@ def test_served_models_take_speculative_tokens(llama: Path) -> None:
     finally:
         for e in engines.values():
             e.close()
+
+
+def _lookup(tokens: list[int], max_ngram: int, min_ngram: int, k: int) -> list[int]:
+    """Prompt lookup as its definition reads: for n from max_ngram down, the latest earlier
+    occurrence of the last n tokens (ending before the last token), and the k tokens after it."""
+    for n in range(min(max_ngram, len(tokens) - 1), min_ngram - 1, -1):
+        tail = tokens[len(tokens) - n :]
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start : start + n] == tail:
+                return tokens[start + n : start + n + k]
+    return []
+
+
+def test_native_lookup_matches_its_definition() -> None:
+    rng = torch.Generator().manual_seed(4)
+    for _ in range(2000):
+        length = int(torch.randint(0, 30, (1,), generator=rng))
+        alphabet = int(torch.randint(1, 5, (1,), generator=rng))
+        tokens = torch.randint(0, alphabet, (length,), generator=rng).tolist()
+        lo = int(torch.randint(1, 4, (1,), generator=rng))
+        hi = lo + int(torch.randint(0, 3, (1,), generator=rng))
+        k = int(torch.randint(1, 6, (1,), generator=rng))
+        got = NgramProposer(k, hi, lo).propose([TokenHistory(tokens)])[0]
+        assert got == _lookup(tokens, hi, lo, k), (tokens, hi, lo, k)

@@ -12,17 +12,25 @@ std::vector<TokenId> ngram_propose(std::span<const TokenId> tokens, int max_ngra
   }
   if (num_tokens < 1) throw std::invalid_argument("num_tokens must be at least 1");
   const size_t len = tokens.size();
-  for (size_t n = std::min(size_t(max_ngram), len == 0 ? 0 : len - 1); n >= size_t(min_ngram);
-       --n) {
-    const std::span<const TokenId> tail = tokens.subspan(len - n);
-    // The latest start whose match ends before the last token, so that something follows it.
-    for (size_t start = len - n; start-- > 0;) {
-      if (std::equal(tail.begin(), tail.end(), tokens.begin() + ptrdiff_t(start))) {
-        const size_t from = start + n;
-        const size_t to = std::min(len, from + size_t(num_tokens));
-        return {tokens.begin() + ptrdiff_t(from), tokens.begin() + ptrdiff_t(to)};
-      }
-    }
+  if (len < 2) return {};
+  const size_t longest = std::min(size_t(max_ngram), len - 1);
+  if (longest < size_t(min_ngram)) return {};
+  // One backward pass over the places an earlier match may end (before the last token): the
+  // first place whose match reaches n tokens is the latest occurrence of the n-gram.
+  std::vector<size_t> latest(longest + 1, len);  // by n: where that occurrence ends
+  const TokenId last = tokens[len - 1];
+  for (size_t end = len - 1; end-- > 0;) {
+    if (tokens[end] != last) continue;
+    size_t m = 1;
+    while (m < longest && m <= end && tokens[end - m] == tokens[len - 1 - m]) ++m;
+    for (size_t n = m; n >= 1 && latest[n] == len; --n) latest[n] = end;
+    if (m == longest) break;  // the longest n-gram, at its latest place: nothing beats it
+  }
+  for (size_t n = longest; n >= size_t(min_ngram); --n) {
+    if (latest[n] == len) continue;
+    const size_t from = latest[n] + 1;
+    const size_t to = std::min(len, from + size_t(num_tokens));
+    return {tokens.begin() + ptrdiff_t(from), tokens.begin() + ptrdiff_t(to)};
   }
   return {};
 }
