@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from _support import HAS_WEBP
@@ -18,6 +20,31 @@ def restore_num_threads() -> Iterator[int]:
         yield before
     finally:
         stoker.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Llama folder (config, safetensors, tokenizer) for generation tests."""
+    pytest.importorskip("transformers")
+    from _tiny_llm import build_model
+
+    return build_model(tmp_path_factory.mktemp("llama"), "llama", seed=1)
+
+
+@pytest.fixture
+def engine_of() -> Iterator[Callable[..., Any]]:
+    """Makes generation engines that are closed when the test ends."""
+    from stoker.generate import GenerateEngine
+
+    engines: list[GenerateEngine] = []
+
+    def make(folder: Path, **kwargs: Any) -> GenerateEngine:
+        engines.append(GenerateEngine(folder, **kwargs))
+        return engines[-1]
+
+    yield make
+    for e in engines:
+        e.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

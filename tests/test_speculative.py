@@ -7,7 +7,7 @@ of the engine without speculation; only the number of steps may change.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
-
-from _tiny_llm import build_model  # noqa: E402
 
 from stoker import _native  # noqa: E402
 from stoker.generate import (  # noqa: E402
@@ -31,24 +29,6 @@ from stoker.generate._sampling import sample_verifying  # noqa: E402
 from stoker.generate._speculative import accept  # noqa: E402
 
 GREEDY = SamplingOptions(max_tokens=24, temperature=0.0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_model(tmp_path_factory.mktemp("llama"), "llama", seed=1)
-
-
-@pytest.fixture
-def engine_of() -> Iterator[Any]:
-    engines: list[GenerateEngine] = []
-
-    def make(folder: Path, **kwargs: Any) -> GenerateEngine:
-        engines.append(GenerateEngine(folder, **kwargs))
-        return engines[-1]
-
-    yield make
-    for e in engines:
-        e.close()
 
 
 def _prompts(n: int, seed: int) -> list[list[int]]:
