@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _images import large_images, small_images
 from _nets import build_model
+from bench_engine import drive
 
 import stoker
 from stoker._engine import Engine
@@ -46,25 +47,6 @@ from stoker.server._config import parse_devices
 from stoker.server._replicas import Replicas, build_engine
 
 BAR = 1.8
-
-
-async def _drive(
-    engine: Engine | Replicas, images: Sequence[bytes], callers: int, seconds: float
-) -> float:
-    done = 0
-    stop = time.perf_counter() + seconds
-
-    async def caller(k: int) -> None:
-        nonlocal done
-        i = k
-        while time.perf_counter() < stop:
-            await engine.infer(images[i % len(images)])
-            i += callers
-            done += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(caller(k) for k in range(callers)))
-    return done / (time.perf_counter() - start)
 
 
 def engines_of(engine: Engine | Replicas) -> tuple[Engine, ...]:
@@ -76,10 +58,10 @@ def measure(
 ) -> tuple[float, list[int], list[float], float]:
     """Images per second; per device, images answered and busy share of the wall time; and the
     share of one core the callers' thread used (near 100% the callers, not stoker, set the pace)."""
-    asyncio.run(_drive(engine, images, callers, min(1.0, seconds)))  # warm-up
+    asyncio.run(drive(engine, images, callers, min(1.0, seconds)))  # warm-up
     engine.reset_stats()
     start, cpu = time.perf_counter(), time.thread_time()
-    rate = asyncio.run(_drive(engine, images, callers, seconds))
+    rate = asyncio.run(drive(engine, images, callers, seconds))
     wall = time.perf_counter() - start
     caller_cpu = (time.thread_time() - cpu) / wall
     stats = [e.stats() for e in engines_of(engine)]

@@ -36,6 +36,7 @@ from _nets import build_model
 from _pipelines import MEAN, STD, crop_box, resize_target
 
 import stoker
+from stoker._callers import CallerAPI
 
 
 def argmax(logits: torch.Tensor) -> list[int]:
@@ -68,9 +69,10 @@ def pil_loop(model: torch.nn.Module, images: Sequence[bytes], seconds: float) ->
     return done / (time.perf_counter() - start)
 
 
-async def _drive(
-    engine: stoker.Engine, images: Sequence[bytes], concurrency: int, seconds: float
+async def drive(
+    engine: CallerAPI[bytes, Any], images: Sequence[bytes], concurrency: int, seconds: float
 ) -> float:
+    """Images per second from ``concurrency`` closed-loop asyncio callers awaiting ``infer``."""
     done = 0
     stop = time.perf_counter() + seconds
 
@@ -91,10 +93,10 @@ def engine_rate(
     engine: stoker.Engine, images: Sequence[bytes], concurrency: int, seconds: float
 ) -> tuple[float, float]:
     """(images per second, GPU-or-model busy fraction) over `seconds` of closed-loop load."""
-    asyncio.run(_drive(engine, images, concurrency, min(1.0, seconds)))  # warm-up
+    asyncio.run(drive(engine, images, concurrency, min(1.0, seconds)))  # warm-up
     engine.reset_stats()
     start = time.perf_counter()
-    rate = asyncio.run(_drive(engine, images, concurrency, seconds))
+    rate = asyncio.run(drive(engine, images, concurrency, seconds))
     wall = time.perf_counter() - start
     busy = engine.stats()["batch_compute"].sum / 1e6 / wall
     return rate, busy
