@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ pytest.importorskip("safetensors")
 from _tiny_llm import build_model  # noqa: E402
 
 from stoker.generate import (  # noqa: E402
-    GenerateEngine,
     GenerationChunk,
     GenerationError,
     SamplingOptions,
@@ -31,11 +29,6 @@ from stoker.generate import (  # noqa: E402
 )
 
 GREEDY = SamplingOptions(max_tokens=20, temperature=0.0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_model(tmp_path_factory.mktemp("llama"), "llama", seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -67,19 +60,6 @@ def _reference(folder: Path, prompts: list[list[int]], max_tokens: int) -> list[
         )
         out.append(ids[0, len(p) :].tolist())
     return out
-
-
-@pytest.fixture
-def engine_of() -> Iterator[Any]:
-    engines: list[GenerateEngine] = []
-
-    def make(folder: Path, **kwargs: Any) -> GenerateEngine:
-        engines.append(GenerateEngine(folder, **kwargs))
-        return engines[-1]
-
-    yield make
-    for e in engines:
-        e.close()
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "qwen2"])
