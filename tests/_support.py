@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import shutil
+import socket
 import struct
 import subprocess
+import threading
+import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +213,36 @@ def jpeg_scan_start(data: bytes) -> int:
 
 # WebP is optional at build time (required on the project's own machines).
 HAS_WEBP = "webp" in stoker.SUPPORTED_FORMATS
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers on loopback
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def uvicorn_thread(app: Any, port: int, start_timeout: float = 30.0) -> Iterator[None]:
+    """``app`` served by uvicorn on 127.0.0.1:``port`` from a thread of this process: started
+    inside the block, shut down (lifespan included) after it."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=start_timeout)

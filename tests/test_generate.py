@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
 
+from _support import free_port, uvicorn_thread  # noqa: E402
 from _tiny_llm import build_model  # noqa: E402
 
 from stoker.generate import (  # noqa: E402
@@ -308,11 +309,6 @@ def test_a_ready_decoder_sizes_the_cache_by_its_own_dtype(llama: Path, engine_of
 
 def test_the_openai_client_against_the_engine(llama: Path, engine_of: Any) -> None:
     openai = pytest.importorskip("openai")
-    import socket
-    import threading
-    import time
-
-    import uvicorn
     from tokenizers import Tokenizer
 
     from stoker.server import ModelConfig, ServerConfig, create_app
@@ -320,21 +316,10 @@ def test_the_openai_client_against_the_engine(llama: Path, engine_of: Any) -> No
     prompt = _prompts(1, seed=37)[0]
     expected = engine_of(llama, max_num_seqs=2).generate([prompt], SamplingOptions(10, 0.0))[0]
     text = Tokenizer.from_file(str(llama / "tokenizer.json")).decode(expected)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     model = ModelConfig(name="llm", model=str(llama), task="text-generation", max_num_seqs=4)
     config = ServerConfig(models=(model,), port=port, token="t0ken")
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.01)
-    try:
+    with uvicorn_thread(create_app(config), port):
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="t0ken", max_retries=0
         )
@@ -359,9 +344,6 @@ def test_the_openai_client_against_the_engine(llama: Path, engine_of: Any) -> No
             openai.OpenAI(
                 base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0
             ).models.list()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_a_failing_step_fails_its_sequences_and_the_engine_goes_on(

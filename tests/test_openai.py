@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import AsyncGenerator, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from _models import TinyNet
+from _support import free_port, uvicorn_thread
 from _tiny_llm import CHAT_TEMPLATE, build_tokenizer
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -699,29 +697,11 @@ def test_generator_names_must_not_clash_with_models(fake: FakeGenerator) -> None
 # --- OpenAI's client against a real server -----------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def base_url(fake: FakeGenerator) -> Iterator[str]:
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(fake, port=port), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=20)
+    with uvicorn_thread(make_app(fake, port=port), port):
+        yield f"http://127.0.0.1:{port}/v1"
     assert fake.closed
 
 

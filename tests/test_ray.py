@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import struct
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 from _imagegen import jpeg_rgb
+from _support import free_port
 from fastapi.testclient import TestClient
 
 from stoker.server import ModelConfig, ServerConfig, create_app
@@ -62,13 +62,6 @@ NARROW = ModelConfig(
 CONFIG = ServerConfig(models=(TINY, NARROW), token=TOKEN)
 REPLICA_PREFIX = f"SERVE_REPLICA::{APP}#{APP}#"
 WORKERS = 3  # client threads during the replica kill
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def descendants() -> set[int]:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from _imagegen import jpeg_rgb
 from _models import TinyNet
+from _support import free_port, uvicorn_thread
 
 import stoker
 from stoker.server import ModelConfig, NativeServer, ServerConfig, create_app
@@ -26,28 +24,9 @@ MODEL = ModelConfig(name="tiny", model="unused", size=40, crop=32, top_k=3, max_
 IMAGES = [jpeg_rgb(50 + i, 44 + 3 * i, 300 + i) for i in range(5)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def uvicorn_server(config: ServerConfig) -> Iterator[str]:
-    app = create_app(config, {"tiny": TinyNet()})
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.01)
-    yield f"127.0.0.1:{config.port}"
-    server.should_exit = True
-    thread.join(timeout=20)
+    with uvicorn_thread(create_app(config, {"tiny": TinyNet()}), config.port):
+        yield f"127.0.0.1:{config.port}"
 
 
 def native_server(config: ServerConfig) -> Iterator[str]:
