@@ -238,8 +238,11 @@ def uvicorn_thread(app: Any, port: int, start_timeout: float = 30.0) -> Iterator
     thread.start()
     deadline = time.monotonic() + start_timeout
     while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
+        # A failed bind or lifespan ends the thread at once; say so rather than wait it out.
+        if not thread.is_alive():
+            raise RuntimeError(f"uvicorn on 127.0.0.1:{port} stopped before it started")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn on 127.0.0.1:{port} not started after {start_timeout}s")
         time.sleep(0.01)
     try:
         yield
