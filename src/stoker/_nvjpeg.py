@@ -122,16 +122,20 @@ class NvJpeg:
         headers = native.inspect([views[i] for i in order])
         batched: list[int] = []
         on_cpu: list[int] = []
-        for i, (_, _, takes, error) in zip(order, headers, strict=True):
+        need = 0  # output bytes of the batched ones
+        for i, (width, height, takes, error) in zip(order, headers, strict=True):
             if error:
                 errors[i] = image_error("corrupt", error)
             elif takes:
                 batched.append(i)
+                need += 3 * width * height
             else:
                 on_cpu.append(i)
         with torch.cuda.device(self.device):
             if batched:
-                self._decode_batched(native, views, batched, images, errors)
+                self._decode_batched(
+                    native, [views[i] for i in batched], need, batched, images, errors
+                )
             for i in on_cpu:
                 try:
                     rgb = decode(views[i], max_pixels=self._max_pixels)
@@ -145,13 +149,13 @@ class NvJpeg:
     def _decode_batched(
         self,
         native: Any,
-        views: dict[int, memoryview],
+        items: list[memoryview],
+        need: int,
         which: list[int],
         images: list[torch.Tensor | None],
         errors: dict[int, Exception],
     ) -> None:
-        items = [views[i] for i in which]
-        need = sum(3 * w * h for w, h, _, error in native.inspect(items) if not error)
+        # The native decode reads the headers again and refuses an output too small for them.
         out = torch.empty(max(need, 1), dtype=torch.uint8, device=self.device)
         stream = torch.cuda.current_stream(self.device).cuda_stream
         results = native.decode(items, out.data_ptr(), out.numel(), stream)
