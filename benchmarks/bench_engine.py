@@ -198,6 +198,7 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
             )
         stats = engine.stats()
         share = engine.gpu_share
+        decoder = engine.gpu_decoder
     best = max(results)
     print(
         f"\nengine/model-only: median {statistics.median(r for r, _ in results) / ceiling:.1%}, "
@@ -206,7 +207,7 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
         "(bars: >= 90% and >= 90%)"
     )
     if args.gpu_decode is not None:
-        print(f"GPU decode share at the end: {share:.2f}")
+        print(f"GPU decode share at the end: {share:.2f} ({decoder})")
     report_stages(stats)
 
 

@@ -22,6 +22,8 @@ import argparse
 import contextlib
 import faulthandler
 import os
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -91,6 +93,16 @@ class Load:
                 t.join()
 
 
+def _native_stacks() -> None:
+    """Every thread's native stack, through a debugger attached to this process, where one is
+    installed (the GPU machines have cuda-gdb but no gdb); Python's stacks end at the call."""
+    debugger = shutil.which("gdb") or shutil.which("cuda-gdb")
+    if debugger is None:
+        return
+    command = [debugger, "-p", str(os.getpid()), "-batch", "-ex", "thread apply all bt 30"]
+    subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr, timeout=300, check=False)
+
+
 def _rate(
     devices: Sequence[torch.device],
     make: Callable[[torch.device], Decode],
@@ -110,6 +122,7 @@ def _rate(
             if any(c is not None and now - c > stall for c in calls):
                 print(f"a decode call took over {stall:.0f} s", file=sys.stderr, flush=True)
                 faulthandler.dump_traceback(all_threads=True)
+                _native_stacks()
                 os._exit(3)
 
     errors: list[BaseException] = []
@@ -118,7 +131,8 @@ def _rate(
     def run(k: int, device: torch.device) -> None:
         try:
             decode = make(device)
-            stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+            # A high priority, as the engine's decode stream has.
+            stream = torch.cuda.Stream(device, priority=-1)  # type: ignore[no-untyped-call]
             batches = [
                 [images[(j * batch + i) % len(images)] for i in range(batch)] for j in range(8)
             ]

@@ -107,6 +107,26 @@ def test_undersized_output_is_refused() -> None:
         dec._decoder().decode([encode_jpeg(pixels(40, 30, 1))], out.data_ptr(), 16, stream)
 
 
+def test_decode_never_writes_memory_that_queued_work_still_reads() -> None:
+    dec = _nvjpeg()
+    jpegs = [encode_jpeg(pixels(64, 48, i), subsampling="444") for i in range(8)]
+    need = 8 * 3 * 64 * 48
+    stream = torch.cuda.Stream(dec.device)  # type: ignore[no-untyped-call]
+    wrong = 0
+    with torch.cuda.stream(stream):
+        for _ in range(10):
+            # A block of exactly the decode's size, read by a sum queued behind ~50 ms of GPU
+            # work and then freed: the allocator hands it to the decode's output on this stream.
+            held = torch.full((need,), 7, dtype=torch.uint8, device=dec.device)
+            torch.cuda._sleep(100_000_000)
+            total = held.sum(dtype=torch.int64)
+            del held
+            images, errors = dec.decode(jpegs)
+            assert errors == {} and all(image is not None for image in images)
+            wrong += int(total.item() != 7 * need)
+    assert wrong == 0
+
+
 def test_images_over_the_pixel_limit_fail_alone() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")

@@ -56,8 +56,10 @@ class GpuDecoder:
         self._jpeg = open_jpeg_decoder(device, spec.max_pixels)
         self._spec = spec
         self._device = device
+        # A high priority: the decode's few short kernels then run between the model's kernels
+        # instead of queueing behind a whole batch of them.
         self._stream = (
-            torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+            torch.cuda.Stream(device, priority=-1)  # type: ignore[no-untyped-call]
             if device.type == "cuda"
             else None
         )

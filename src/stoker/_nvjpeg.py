@@ -29,6 +29,9 @@ __all__ = ["NvJpeg", "library_candidates"]
 
 Payload = bytes | bytearray | memoryview
 
+# Images per batched nvJPEG call: the native decoder's own cap, and the size measured on GPUs.
+CALL_SIZE = 64
+
 
 def _loaded(name: str) -> list[str]:
     try:
@@ -121,21 +124,21 @@ class NvJpeg:
         native = self._decoder()
         headers = native.inspect([views[i] for i in order])
         batched: list[int] = []
+        sizes: list[int] = []  # output bytes of the batched ones
         on_cpu: list[int] = []
-        need = 0  # output bytes of the batched ones
         for i, (width, height, takes, error) in zip(order, headers, strict=True):
             if error:
                 errors[i] = image_error("corrupt", error)
             elif takes:
                 batched.append(i)
-                need += 3 * width * height
+                sizes.append(3 * width * height)
             else:
                 on_cpu.append(i)
         with torch.cuda.device(self.device):
-            if batched:
-                self._decode_batched(
-                    native, [views[i] for i in batched], need, batched, images, errors
-                )
+            for start in range(0, len(batched), CALL_SIZE):
+                which = batched[start : start + CALL_SIZE]
+                need = sum(sizes[start : start + CALL_SIZE])
+                self._decode_batched(native, [views[i] for i in which], need, which, images, errors)
             for i in on_cpu:
                 try:
                     rgb = decode(views[i], max_pixels=self._max_pixels)
@@ -157,8 +160,14 @@ class NvJpeg:
     ) -> None:
         # The native decode reads the headers again and refuses an output too small for them.
         out = torch.empty(max(need, 1), dtype=torch.uint8, device=self.device)
-        stream = torch.cuda.current_stream(self.device).cuda_stream
-        results = native.decode(items, out.data_ptr(), out.numel(), stream)
+        current = torch.cuda.current_stream(self.device)
+        if native.hardware:
+            # Two behaviours of the JPEG engines, seen on H100s, make the host wait for the
+            # stream first: they write the output when the call is made, not in stream order
+            # (`out` may be a block whose last readers are still queued here), and a batched call
+            # made while the previous one is still queued behind other GPU work hangs the device.
+            current.synchronize()  # type: ignore[no-untyped-call]
+        results = native.decode(items, out.data_ptr(), out.numel(), current.cuda_stream)
         for i, (width, height, offset, error) in zip(which, results, strict=True):
             if error:
                 errors[i] = image_error("corrupt", error)
