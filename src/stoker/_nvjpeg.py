@@ -166,7 +166,7 @@ class NvJpeg:
             # stream first: they write the output when the call is made, not in stream order
             # (`out` may be a block whose last readers are still queued here), and a batched call
             # made while the previous one is still queued behind other GPU work hangs the device.
-            current.synchronize()  # type: ignore[no-untyped-call]
+            current.synchronize()
         results = native.decode(items, out.data_ptr(), out.numel(), current.cuda_stream)
         for i, (width, height, offset, error) in zip(which, results, strict=True):
             if error:
