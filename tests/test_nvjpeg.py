@@ -118,7 +118,7 @@ def test_decode_never_writes_memory_that_queued_work_still_reads() -> None:
             # A block of exactly the decode's size, read by a sum queued behind ~50 ms of GPU
             # work and then freed: the allocator hands it to the decode's output on this stream.
             held = torch.full((need,), 7, dtype=torch.uint8, device=dec.device)
-            torch.cuda._sleep(100_000_000)
+            torch.cuda._sleep(100_000_000)  # type: ignore[no-untyped-call]
             total = held.sum(dtype=torch.int64)
             del held
             images, errors = dec.decode(jpegs)
