@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -165,3 +168,17 @@ def test_one_decoder_per_gpu_from_threads_of_their_own() -> None:
     for t in threads:
         t.join()
     assert failures == []
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "32"), ("4", "4")])
+def test_importing_stoker_widens_cudas_hardware_queues_unless_chosen(
+    given: str | None, expected: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_DEVICE_MAX_CONNECTIONS"}
+    if given is not None:
+        env["CUDA_DEVICE_MAX_CONNECTIONS"] = given
+    code = "import os, stoker; print(os.environ['CUDA_DEVICE_MAX_CONNECTIONS'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == expected

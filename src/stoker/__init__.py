@@ -4,6 +4,14 @@ Images in, batched tensors out: decoding, resizing, cropping and normalization r
 GIL-free thread pool, and tensors leave through DLPack without copies.
 """
 
+import os
+
+# CUDA spreads a process's streams over 8 hardware queues unless told otherwise; nvJPEG's streams
+# then share a queue with the model's, and every GPU decode waits behind a whole model batch (on
+# an H100 under ResNet-50: 1,265 JPEGs/s with 8 queues, 15,684 with 32). CUDA reads this when it
+# starts, so it is set here, before any use of the GPU, and only where the user has not chosen.
+os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
+
 from stoker._engine import Engine
 from stoker._errors import (
     BatchError,
