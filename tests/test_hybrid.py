@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ from _imagegen import jpeg_rgb
 
 import stoker
 from stoker import _gpu_decode
-from stoker._hybrid import GpuDecoder, SharePolicy
+from stoker._hybrid import DecodeAhead, Decoded, GpuDecoder, SharePolicy
 
 pytest.importorskip("triton")
 
@@ -78,3 +82,60 @@ def test_engine_refuses_bad_gpu_decode_settings(share: object) -> None:
 def test_gpu_decode_needs_cuda() -> None:
     with pytest.raises(ValueError, match="CUDA"):
         stoker.Engine(torch.nn.Identity(), SPEC, gpu_decode=0.5)
+
+
+class _Feeder:
+    """Hands out `count` batches of two requests each, from any thread, then None."""
+
+    def __init__(self, count: int) -> None:
+        self._lock = threading.Lock()
+        self._left = list(range(count))
+
+    def next(self) -> Any:
+        with self._lock:
+            if not self._left:
+                return None
+            k = self._left.pop(0)
+        return SimpleNamespace(ids=np.array([2 * k, 2 * k + 1]), deferred=[1] if k % 3 else [])
+
+
+class _SlowDecoder:
+    def __init__(self) -> None:
+        self.threads: set[str] = set()
+
+    def decode(self, payloads: Sequence[bytes]) -> Decoded:
+        self.threads.add(threading.current_thread().name)
+        time.sleep(0.01)
+        if payloads == [b"9"]:
+            raise RuntimeError("bad batch")
+        return Decoded([None] * len(payloads), {}, host_us=1.0)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_decode_ahead_hands_on_every_batch_once_then_the_end(workers: int) -> None:
+    decoder = _SlowDecoder()
+    ahead = DecodeAhead(_Feeder(30), decoder, lambda rid: str(rid).encode(), workers)  # type: ignore[arg-type]
+    for t in ahead.threads:
+        t.start()
+    seen: list[int] = []
+    failed: list[int] = []
+    while (item := ahead.next()) is not None:
+        batch, decoded = item
+        k = int(batch.ids[0]) // 2
+        seen.append(k)
+        if k % 3 == 0:
+            assert decoded is None  # nothing deferred: no decode
+        elif isinstance(decoded, Exception):
+            failed.append(k)
+        else:
+            assert isinstance(decoded, Decoded) and len(decoded.images) == 1
+    for t in ahead.threads:
+        t.join(timeout=5)
+    assert sorted(seen) == list(range(30))
+    assert failed == [4]  # request 9 is batch 4's deferred row: that batch alone fails
+    assert len(decoder.threads) == workers
+
+
+def test_decode_ahead_needs_a_worker() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        DecodeAhead(_Feeder(1), _SlowDecoder(), lambda rid: b"", 0)  # type: ignore[arg-type]

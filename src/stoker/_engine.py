@@ -150,7 +150,7 @@ class Engine(CallerAPI[bytes | bytearray | memoryview, Timings]):
             DecodeAhead(self._feeder, decoder, self._payload) if decoder is not None else None
         )
         if self._ahead is not None:
-            self._threads.append(self._ahead.thread)
+            self._threads.extend(self._ahead.threads)
         for t in self._threads:
             t.start()
         self._finalizer = weakref.finalize(self, _shutdown, self._feeder, self._threads)
@@ -312,12 +312,14 @@ class Engine(CallerAPI[bytes | bytearray | memoryview, Timings]):
         self._stats.record_answers(queue_us, total_us, shared, flight.compute_us)
         if self._share_policy is not None:
             gpu_items = len(batch.deferred)
+            workers = self._ahead.workers if self._ahead is not None else 1
             share = self._share_policy.update(
                 n - gpu_items,
                 shared[1] - flight.decode_us,
                 gpu_items,
-                # The GPU path costs the device thread's time too, which no other batch overlaps.
-                max(flight.decode_us, flight.decode_host_us),
+                # A decode thread's time per batch, spread over the threads that decode batches
+                # side by side; the device thread's own share of the GPU path overlaps nothing.
+                max(flight.decode_us, flight.decode_host_us / workers),
             )
             self._feeder.set_gpu_share(share)
         errors: dict[int, BaseException] = {r: image_error(k, m) for r, k, m in batch.errors}

@@ -56,13 +56,20 @@ class GpuDecoder:
         self._jpeg = open_jpeg_decoder(device, spec.max_pixels)
         self._spec = spec
         self._device = device
-        # A high priority: the decode's few short kernels then run between the model's kernels
-        # instead of queueing behind a whole batch of them.
-        self._stream = (
-            torch.cuda.Stream(device, priority=-1)  # type: ignore[no-untyped-call]
-            if device.type == "cuda"
-            else None
-        )
+        self._local = threading.local()
+
+    @property
+    def _stream(self) -> torch.cuda.Stream | None:
+        """This thread's decode stream: the JPEG engines' calls wait for their own stream before
+        they start, and must not wait for another thread's decodes. A high priority: the
+        decode's few short kernels run between the model's kernels, not after a batch of them."""
+        if self._device.type != "cuda":
+            return None
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = torch.cuda.Stream(self._device, priority=-1)  # type: ignore[no-untyped-call]
+            self._local.stream = stream
+        return stream
 
     @property
     def name(self) -> str:
@@ -75,10 +82,11 @@ class GpuDecoder:
     def decode(self, payloads: Sequence[Payload]) -> Decoded:
         """nvJPEG on the decoder's own stream; ``ready`` marks the end of its device work."""
         start = time.perf_counter_ns()
-        if self._stream is None:
+        stream = self._stream
+        if stream is None:
             images, errors = self._jpeg.decode(payloads)
             return Decoded(images, errors, None, (time.perf_counter_ns() - start) / 1000)
-        with torch.cuda.stream(self._stream):
+        with torch.cuda.stream(stream):
             images, errors = self._jpeg.decode(payloads)
             ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
             ready.record()
@@ -110,16 +118,35 @@ class GpuDecoder:
 
 
 class DecodeAhead:
-    """Takes prepared batches from the feeder and GPU-decodes their deferred rows on a thread of
-    its own, one batch ahead of the device thread."""
+    """Takes prepared batches from the feeder and GPU-decodes their deferred rows on threads of
+    their own, ahead of the device thread. Each thread decodes a whole batch: a decode call
+    waits for its device work, so one thread alone would leave the JPEG engines idle between
+    calls. Batches may reach the device thread out of order; each carries its own requests."""
 
-    def __init__(self, feeder: Any, decoder: GpuDecoder, payload: Callable[[int], Payload]) -> None:
+    def __init__(
+        self,
+        feeder: Any,
+        decoder: GpuDecoder,
+        payload: Callable[[int], Payload],
+        workers: int = 2,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self._feeder = feeder
         self._decoder = decoder
         self._payload = payload
-        # One decoded batch waiting is enough to hide the decode; more would only hold slots.
-        self._ready: queue.Queue[tuple[Any, Decoded | Exception | None] | None] = queue.Queue(1)
-        self.thread = threading.Thread(target=self._loop, name="stoker-decode", daemon=True)
+        self.workers = workers
+        # One decoded batch waiting per worker is enough to hide the decode; more would only
+        # hold staging slots.
+        self._ready: queue.Queue[tuple[Any, Decoded | Exception | None] | None] = queue.Queue(
+            workers
+        )
+        self._lock = threading.Lock()
+        self._running = workers
+        self.threads = [
+            threading.Thread(target=self._loop, name=f"stoker-decode-{k}", daemon=True)
+            for k in range(workers)
+        ]
 
     def next(self) -> tuple[Any, Decoded | Exception | None] | None:
         return self._ready.get()
@@ -136,7 +163,11 @@ class DecodeAhead:
                 except Exception as e:  # the device thread fails this batch alone
                     decoded = e
             self._ready.put((batch, decoded))
-        self._ready.put(None)
+        with self._lock:
+            self._running -= 1
+            last = self._running == 0
+        if last:  # the end mark goes after every worker's last batch
+            self._ready.put(None)
 
 
 class SharePolicy:

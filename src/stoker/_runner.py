@@ -41,7 +41,7 @@ class Flight:
     h2d_us: float = 0.0
     compute_us: float = 0.0
     decode_us: float = 0.0  # GPU decode and resize on the device (CUDA events)
-    decode_host_us: float = 0.0  # the device thread's own time in that call (header parsing)
+    decode_host_us: float = 0.0  # a decode thread's time on the batch's GPU-decoded images
     failed: dict[int, Exception] = field(default_factory=dict)
     events: tuple[torch.cuda.Event, ...] = ()
     keep: Any = None  # device memory the batch's kernels read, held until it completes
