@@ -61,10 +61,12 @@ def test_nvjpeg_needs_a_cuda_device() -> None:
 
 
 def test_decoder_choice_is_checked() -> None:
-    with pytest.raises(ValueError, match="must be one of torchvision, nvjpeg"):
+    with pytest.raises(ValueError, match="must be one of auto, nvjpeg, torchvision"):
         open_jpeg_decoder(torch.device("cpu"), 1000, "pil")
     with pytest.raises(ValueError, match="GPU decode is not available on cpu"):
         open_jpeg_decoder(torch.device("cpu"), 1000, "nvjpeg")
+    with pytest.raises(ValueError, match="torchvision with nvJPEG: not available"):
+        open_jpeg_decoder(torch.device("cpu"), 1000, "auto")
 
 
 def test_decode_matches_the_cpu_path_and_bad_items_fail_alone() -> None:

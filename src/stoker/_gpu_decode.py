@@ -3,13 +3,12 @@
 The GPU takes only JPEGs it decodes the way the CPU path would; the native feeder picks them with
 `_native.jpeg_gpu_friendly`, a look at the marker segments before the first scan.
 
-``STOKER_GPU_DECODER`` picks the decoder. ``torchvision`` (the default) runs nvJPEG on the SMs; it
+``STOKER_GPU_DECODER`` picks the decoder. ``nvjpeg`` is stoker's binding (`stoker._nvjpeg`): the
+GPU's JPEG engines, one decoder per device. ``torchvision`` runs nvJPEG through torchvision; it
 keeps one decoder per process, so it serves one GPU well and several GPUs in one process badly
-(it rebuilds its decoder at every change of device). ``nvjpeg`` is stoker's binding
-(`stoker._nvjpeg`): the GPU's JPEG engines, one decoder per device. It is experimental: alone it
-decodes 22,500 small JPEGs/s per H200, but inside the engine under a ResNet-50 load with the
-adaptive share it was seen to stall (benchmarks/RESULTS.md). torchvision is optional and imported
-only when a decode is asked for.
+(it rebuilds its decoder at every change of device). ``auto`` (the default) takes stoker's
+binding where nvJPEG loads, else torchvision's. torchvision is optional and imported only when
+its decode is asked for.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from stoker._buffers import byte_view
 
 __all__ = ["JpegDecoder", "decode_jpegs", "gpu_decode_available", "open_jpeg_decoder"]
 
-DECODERS = ("torchvision", "nvjpeg")
+DECODERS = ("auto", "nvjpeg", "torchvision")
 
 Payload = bytes | bytearray | memoryview
 
@@ -133,20 +132,24 @@ class TorchvisionDecoder:
 def open_jpeg_decoder(
     device: torch.device, max_pixels: int, kind: str | None = None
 ) -> JpegDecoder:
-    """The GPU JPEG decoder for ``device``: ``kind``, else ``STOKER_GPU_DECODER``, else
-    torchvision's. ValueError names why it is not available."""
-    kind = kind or os.environ.get("STOKER_GPU_DECODER", "torchvision")
+    """The GPU JPEG decoder for ``device``: ``kind``, else ``STOKER_GPU_DECODER``, else "auto".
+    ValueError names why none is available."""
+    kind = kind or os.environ.get("STOKER_GPU_DECODER", "auto")
     if kind not in DECODERS:
         raise ValueError(f"the GPU decoder must be one of {', '.join(DECODERS)}, got {kind!r}")
-    if kind == "torchvision":
-        if gpu_decode_available(device):
-            return TorchvisionDecoder(device)
-        raise ValueError(f"GPU decode is not available on {device} (torchvision with nvJPEG)")
-    if device.type != "cuda":
+    reasons = []
+    if kind == "nvjpeg" and device.type != "cuda":
         raise ValueError(f"GPU decode is not available on {device} (nvJPEG needs CUDA)")
-    from stoker._nvjpeg import NvJpeg
+    if kind in ("auto", "nvjpeg") and device.type == "cuda":
+        from stoker._nvjpeg import NvJpeg
 
-    try:
-        return NvJpeg(device, max_pixels=max_pixels)
-    except RuntimeError as e:
-        raise ValueError(f"GPU decode is not available on {device}: {e}") from e
+        try:
+            return NvJpeg(device, max_pixels=max_pixels)
+        except RuntimeError as e:
+            if kind == "nvjpeg":
+                raise ValueError(f"GPU decode is not available on {device}: {e}") from e
+            reasons.append(f"stoker's nvJPEG: {e}")
+    if gpu_decode_available(device):
+        return TorchvisionDecoder(device)
+    reasons.append("torchvision with nvJPEG: not available")
+    raise ValueError(f"GPU decode is not available on {device} ({'; '.join(reasons)})")
