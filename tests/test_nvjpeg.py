@@ -16,6 +16,7 @@ import stoker
 from stoker import _native
 from stoker._gpu_decode import open_jpeg_decoder
 from stoker._nvjpeg import NvJpeg, library_candidates
+from stoker._preprocess import loaded_libraries
 
 
 def _nvjpeg(device: str = "cuda") -> NvJpeg:
@@ -35,6 +36,12 @@ def test_library_candidates_end_with_the_loader_search() -> None:
     names = library_candidates()
     assert names[-4:] == ("libnvjpeg.so.13", "libnvjpeg.so.12", "libnvjpeg.so.11", "libnvjpeg.so")
     assert len(set(names)) == len(names)
+
+
+def test_loaded_libraries_reads_this_process_maps() -> None:
+    libc = loaded_libraries("libc.so")
+    assert libc and all(os.path.basename(p).startswith("libc.so") for p in libc)
+    assert loaded_libraries("libstoker-never-loaded") == []
 
 
 def test_a_missing_library_is_named() -> None:

@@ -23,7 +23,7 @@ import torch
 from stoker import _native
 from stoker._buffers import byte_view
 from stoker._errors import ImageError, image_error
-from stoker._preprocess import decode
+from stoker._preprocess import decode, loaded_libraries
 
 __all__ = ["NvJpeg", "library_candidates"]
 
@@ -33,25 +33,16 @@ Payload = bytes | bytearray | memoryview
 CALL_SIZE = 64
 
 
-def _loaded(name: str) -> list[str]:
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.rsplit(" ", 1)[-1].strip() for line in maps}
-    except OSError:
-        return []
-    return sorted(p for p in paths if f"/{name}" in p)
-
-
 @functools.cache
 def library_candidates() -> tuple[str, ...]:
     """nvJPEG libraries to try, best first: one this process loaded already, then those of the
     CUDA wheels and toolkit beside it, then the loader's own search by name."""
-    found = _loaded("libnvjpeg")
+    found = loaded_libraries("libnvjpeg")
     for root in sys.path:
         found += sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib", "libnvjpeg.so*")))
         found += sorted(glob.glob(os.path.join(root, "nvidia", "*", "*", "lib", "libnvjpeg.so*")))
         found += sorted(glob.glob(os.path.join(root, "torchvision.libs", "libnvjpeg*.so*")))
-    for cudart in _loaded("libcudart"):
+    for cudart in loaded_libraries("libcudart"):
         found += sorted(glob.glob(os.path.join(os.path.dirname(cudart), "libnvjpeg.so*")))
     cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
     found += sorted(glob.glob(os.path.join(cuda_home, "lib64", "libnvjpeg.so*")))

@@ -69,15 +69,19 @@ def _cuda_runtime_path() -> str | None:
         return None
     # torch answers is_pinned() and plans async copies only once it has initialized CUDA itself.
     torch.cuda.init()
+    found = loaded_libraries("libcudart")
+    return found[0] if found else None
+
+
+def loaded_libraries(name: str) -> list[str]:
+    """Paths of the shared libraries this process has mapped whose file name starts with
+    ``name``."""
     try:
         with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.rsplit(" ", 1)[-1].strip()
-                if "/libcudart" in path:
-                    return path
+            paths = {line.rsplit(" ", 1)[-1].strip() for line in maps}
     except OSError:
-        return None
-    return None
+        return []
+    return sorted(p for p in paths if f"/{name}" in p)
 
 
 def _pinned(pin_memory: bool | None, out: Any) -> bool:
