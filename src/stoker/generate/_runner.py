@@ -20,6 +20,7 @@ from torch import Tensor
 from stoker._native import SchedulerStep
 from stoker.generate._model import Decoder, KVCache, StepBatch
 from stoker.generate._sampling import sample, sample_verifying
+from stoker.generate._speculative import step_drafts
 from stoker.generate._types import SamplingOptions
 
 __all__ = ["ModelRunner", "Sampled", "graph_buckets"]
@@ -228,13 +229,7 @@ class ModelRunner:
             positions = [
                 p - d + j for p, d in zip(positions, counts, strict=True) for j in range(d + 1)
             ]
-            ends = np.cumsum(step.query_lens)[rows].tolist()
-            ids = step.input_ids
-            drafts = [
-                t
-                for end, d in zip(ends, counts, strict=True)
-                for t in [*ids[end - d : end].tolist(), -1]
-            ]
+            drafts = [t for row in step_drafts(step, rows.tolist()) for t in [*row, -1]]
         if timed:
             mid = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             mid.record()

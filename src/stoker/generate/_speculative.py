@@ -74,6 +74,15 @@ class NgramProposer:
         return drafts
 
 
+def step_drafts(step: SchedulerStep, rows: Sequence[int]) -> list[list[int]]:
+    """The draft tokens of the step's ``rows`` (indices into its sequences): the last
+    ``draft_lens`` of each row's input tokens."""
+    ends = np.cumsum(step.query_lens)
+    ids = step.input_ids
+    lens = step.draft_lens
+    return [ids[int(ends[r]) - int(lens[r]) : int(ends[r])].tolist() for r in rows]
+
+
 def accept(drafts: Sequence[int], chosen: Sequence[int]) -> list[int]:
     """The tokens a row emits: the choices at its positions (``chosen``, one more than the
     drafts) up to and including the first that differs from the draft it verifies."""
@@ -117,13 +126,11 @@ class Speculation:
     def verify(self, step: SchedulerStep, seqs: list[int], flat: list[int]) -> list[list[int]]:
         """Each sampled sequence's tokens from the choices at its row's positions (``flat``,
         rows in ``seqs`` order): the kept drafts and one more."""
-        ends = dict(zip(step.seq_ids.tolist(), np.cumsum(step.query_lens).tolist(), strict=True))
-        lens = dict(zip(step.seq_ids.tolist(), step.draft_lens.tolist(), strict=True))
-        ids = step.input_ids
+        row_of = {seq: r for r, seq in enumerate(step.seq_ids.tolist())}
         rows, offset = [], 0
-        for seq in seqs:
-            d, end = lens[seq], ends[seq]
-            row = accept(ids[end - d : end].tolist(), flat[offset : offset + d + 1])
+        for drafts in step_drafts(step, [row_of[q] for q in seqs]):
+            d = len(drafts)
+            row = accept(drafts, flat[offset : offset + d + 1])
             offset += d + 1
             self.draft_tokens += d
             self.accepted_tokens += len(row) - 1
