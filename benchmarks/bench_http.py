@@ -7,6 +7,10 @@ load. The generator's own CPU use is printed beside every figure, so a saturated
 
     python benchmarks/bench_http.py --model tiny --server both          # 2-core CPU machine
     python benchmarks/bench_http.py --model resnet50 --device cuda --server stoker --gpu-decode auto
+    python benchmarks/bench_http.py --model resnet50 --device cuda --server stoker --devices 0,1
+
+With ``--devices`` the stoker server runs one engine per device behind its native front; the
+ceiling stays the model alone on one device.
 """
 
 from __future__ import annotations
@@ -99,6 +103,8 @@ def start_server(kind: str, args: argparse.Namespace, port: int) -> subprocess.P
             cmd += ["--threads", str(args.threads)]
         if args.gpu_decode is not None:
             cmd += ["--gpu-decode", args.gpu_decode]
+        if args.devices is not None:
+            cmd += ["--devices", args.devices]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wait_ready(port, proc)
     return proc
@@ -112,14 +118,17 @@ def serve(args: argparse.Namespace) -> None:
 
     import stoker
     from stoker.server import ModelConfig, NativeServer, ServerConfig
+    from stoker.server._config import parse_devices
 
     if args.threads is not None:
         stoker.set_num_threads(args.threads)
     cuda = args.device == "cuda"
+    devices = parse_devices(args.devices) if args.devices is not None else None
     model = ModelConfig(
         name="m",
         model=args.model,
-        device=args.device,
+        device=devices[0] if devices else args.device,
+        devices=devices,
         dtype="float16" if cuda else None,
         max_batch_size=args.max_batch,
         max_delay_ms=2.0,
@@ -223,6 +232,7 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=None)
     p.add_argument("--capacity", type=int, default=4096)
     p.add_argument("--gpu-decode", default=None)
+    p.add_argument("--devices", default=None, help="stoker: one engine per device, e.g. 0,1")
     p.add_argument("--slots", type=int, default=3, help="staging slots of the stoker engine")
     p.add_argument("--threads", type=int, default=None, help="stoker's native threads")
     p.add_argument("--ceiling", action="store_true", help="also time the model alone (CUDA)")

@@ -320,7 +320,9 @@ def native() -> Iterator[NativeServer]:
         assert not thread.is_alive()
 
 
-def test_the_native_front_hands_a_multi_device_model_to_the_router(native: NativeServer) -> None:
+def test_the_native_front_feeds_every_engine_of_a_multi_device_model(
+    native: NativeServer,
+) -> None:
     single = TinyNet()(stoker.preprocess_batch(IMAGES, SPEC)).softmax(-1).topk(3).indices.tolist()
     got = []
     for image in IMAGES:
@@ -334,7 +336,9 @@ def test_the_native_front_hands_a_multi_device_model_to_the_router(native: Nativ
         finally:
             conn.close()
     assert got == single
-    assert native.gateway.forwarded == len(IMAGES)  # the Python path took every one
+    assert native.gateway.forwarded == 0  # no Python per request
+    routed = [native.gateway.routed(0, k) for k in range(2)]
+    assert sum(routed) == len(IMAGES) and min(routed) > 0
     router = native.front.tasks["tiny"].engine
     assert isinstance(router, Replicas)
     assert all(answered(e) > 0 for e in router.engines)

@@ -25,7 +25,8 @@ namespace {
 
 using Ids = nb::ndarray<const uint64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Rows = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
-using ModelSpec = std::tuple<std::string, std::shared_ptr<Feeder>, std::vector<std::string>>;
+using ModelSpec =
+    std::tuple<std::string, std::vector<std::shared_ptr<Feeder>>, std::vector<std::string>>;
 using Header = std::pair<std::string, std::string>;
 
 std::unique_ptr<Gateway> make_gateway(std::string host, uint16_t port, size_t io_threads,
@@ -41,8 +42,8 @@ std::unique_ptr<Gateway> make_gateway(std::string host, uint16_t port, size_t io
   config.max_images_per_request = max_images_per_request;
   config.timeout = std::chrono::microseconds(timeout_us);
   std::vector<GatewayModel> list;
-  for (auto& [name, feeder, outputs] : models) {
-    list.push_back({std::move(name), std::move(feeder), std::move(outputs)});
+  for (auto& [name, feeders, outputs] : models) {
+    list.push_back({std::move(name), std::move(feeders), std::move(outputs)});
   }
   return std::make_unique<Gateway>(std::move(config), std::move(list));
 }
@@ -111,7 +112,9 @@ void register_gateway(nb::module_& m) {
       .def(nb::new_(&make_gateway), nb::arg("host"), nb::arg("port"), nb::arg("io_threads"),
            nb::arg("token"), nb::arg("max_body_bytes"), nb::arg("max_images_per_request"),
            nb::arg("timeout_us"), nb::arg("models"),
-           "Bind host:port (0: any free port). `models` holds (name, feeder, output names).")
+           "Bind host:port (0: any free port). `models` holds (name, feeders, output names):\n"
+           "one feeder per engine of the model; each request goes to the one with the fewest\n"
+           "requests waiting.")
       .def_prop_ro("port", &Gateway::port)
       .def_prop_ro("forwarded", &Gateway::forwarded, "Requests handed to Python so far.")
       .def_prop_ro("pending", &Gateway::pending,
@@ -161,7 +164,9 @@ void register_gateway(nb::module_& m) {
           },
           nb::arg("ids"), nb::arg("status"), nb::arg("message"), "Fail elements.")
       .def("counts", &Gateway::counts, nb::arg("model"),
-           "[(status, answered requests)] of the model at that index.");
+           "[(status, answered requests)] of the model at that index.")
+      .def("routed", &Gateway::routed, nb::arg("model"), nb::arg("feeder"),
+           "Images given to that feeder of that model.");
 }
 
 }  // namespace stoker::bindings

@@ -55,6 +55,7 @@ struct Gateway::Pending {
   uint64_t token = 0;
   uint64_t sequence = 0;
   size_t model = 0;
+  size_t feeder = 0;    // index into the model's feeders
   HttpRequest request;  // owns the body the feeder's requests point into
   KsImageRequest parsed;
   size_t elements = 0;
@@ -70,7 +71,11 @@ struct Gateway::Pending {
 Gateway::Gateway(GatewayConfig config, std::vector<GatewayModel> models)
     : config_(std::move(config)), models_(std::move(models)) {
   for (const GatewayModel& m : models_) {
-    if (!m.feeder) throw std::invalid_argument("model " + m.name + " has no feeder");
+    if (m.feeders.empty()) throw std::invalid_argument("model " + m.name + " has no feeder");
+    for (const auto& f : m.feeders) {
+      if (!f) throw std::invalid_argument("model " + m.name + " has a null feeder");
+    }
+    routed_.push_back(std::make_unique<std::atomic<uint64_t>[]>(m.feeders.size()));
   }
   if (config_.max_images_per_request == 0 ||
       config_.max_images_per_request > (size_t{1} << kElementBits)) {
@@ -191,6 +196,7 @@ bool Gateway::try_infer(uint64_t token, size_t model, HttpRequest& request) {
 
   p->token = token;
   p->model = model;
+  p->feeder = pick_feeder(model);
   p->elements = n;
   p->remaining = n;
   p->request = std::move(request);
@@ -210,14 +216,18 @@ bool Gateway::try_infer(uint64_t token, size_t model, HttpRequest& request) {
     const KsSpan span = req.parsed.elements[i];
     Admission a;
     try {
-      a = m.feeder->submit(base | i, Priority::kNormal, deadline, body + span.offset, span.size);
+      a = m.feeders[req.feeder]->submit(base | i, Priority::kNormal, deadline,
+                                        body + span.offset, span.size);
     } catch (...) {
       // Settled before the error travels on: otherwise the request would wait forever for
       // elements that were never queued.
       withdraw(req, token, model, base, i);
       throw;
     }
-    if (a == Admission::kAccepted) continue;
+    if (a == Admission::kAccepted) {
+      routed_[model][req.feeder].fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
     withdraw(req, token, model, base, i);
     reply_error(token, model, 503, a == Admission::kFull ? "queue full" : "the engine is closed",
                 true);
@@ -231,7 +241,8 @@ bool Gateway::try_infer(uint64_t token, size_t model, HttpRequest& request) {
 void Gateway::withdraw(Pending& req, uint64_t token, size_t model, uint64_t base, size_t queued) {
   Finished done;
   size_t withdrawn = req.elements - queued;
-  for (size_t j = 0; j < queued; ++j) withdrawn += models_[model].feeder->cancel(base | j) ? 1 : 0;
+  Feeder& feeder = *models_[model].feeders[req.feeder];
+  for (size_t j = 0; j < queued; ++j) withdrawn += feeder.cancel(base | j) ? 1 : 0;
   std::lock_guard<std::mutex> lock(mutex_);
   req.responded = true;
   by_token_.erase(token);
@@ -255,7 +266,7 @@ void Gateway::on_abandon(uint64_t token) {
     by_token_.erase(t);
     p.responded = true;
     count(p.model, 499);
-    feeder = models_[p.model].feeder;
+    feeder = models_[p.model].feeders[p.feeder];
     const uint64_t base = kIdBit | (p.sequence << kElementBits);
     for (size_t i = 0; i < p.elements; ++i) ids.push_back(base | i);
   }
@@ -266,6 +277,31 @@ void Gateway::on_abandon(uint64_t token) {
     std::lock_guard<std::mutex> lock(mutex_);
     settle(id, done, [](Pending&, size_t) {});
   }
+}
+
+size_t Gateway::pick_feeder(size_t model) {
+  const auto& feeders = models_[model].feeders;
+  const size_t n = feeders.size();
+  if (n == 1) return 0;
+  const size_t start = turn_.fetch_add(1, std::memory_order_relaxed) % n;
+  size_t best = start;
+  size_t fewest = feeders[start]->waiting();
+  for (size_t k = 1; k < n && fewest > 0; ++k) {
+    const size_t f = (start + k) % n;
+    const size_t waiting = feeders[f]->waiting();
+    if (waiting < fewest) {
+      best = f;
+      fewest = waiting;
+    }
+  }
+  return best;
+}
+
+uint64_t Gateway::routed(size_t m, size_t f) const {
+  if (m >= models_.size() || f >= models_[m].feeders.size()) {
+    throw std::out_of_range("no such model or feeder");
+  }
+  return routed_[m][f].load(std::memory_order_relaxed);
 }
 
 std::span<const uint8_t> Gateway::payload(uint64_t id) const {

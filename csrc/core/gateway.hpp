@@ -28,7 +28,9 @@ namespace stoker {
 
 struct GatewayModel {
   std::string name;
-  std::shared_ptr<Feeder> feeder;
+  // One per engine of the model (one engine per device); each request goes whole to the one
+  // with the fewest requests waiting.
+  std::vector<std::shared_ptr<Feeder>> feeders;
   // The outputs the model answers with, in the order answers carry them.
   std::vector<std::string> outputs;
 };
@@ -100,6 +102,8 @@ class Gateway {
               const RowTimings& timings, const std::vector<RowError>& errors);
   void fail(std::span<const uint64_t> ids, int status, const std::string& message);
 
+  // Images model `m`'s feeder `f` was given (index into the models and their feeders).
+  uint64_t routed(size_t m, size_t f) const;
   // Answered requests of model `m` (index into the models given) by HTTP status.
   std::vector<std::pair<int, uint64_t>> counts(size_t m) const;
   uint64_t forwarded() const { return forwarded_.load(std::memory_order_relaxed); }
@@ -137,6 +141,12 @@ class Gateway {
   bool closed_ = false;
   std::atomic<uint64_t> forwarded_{0};
 
+  // The feeder of `model` with the fewest requests waiting; ties go round the feeders.
+  size_t pick_feeder(size_t model);
+
+  // Images handed to each feeder, by model then feeder.
+  std::vector<std::unique_ptr<std::atomic<uint64_t>[]>> routed_;
+  std::atomic<size_t> turn_{0};
   // Answered requests by model and status (100..599), counted without locks.
   std::unique_ptr<std::atomic<uint64_t>[]> counts_;
 };

@@ -76,12 +76,12 @@ std::string infer_request(const std::vector<test::Bytes>& images, const std::str
 struct Fixture {
   std::shared_ptr<ThreadPool> pool = std::make_shared<ThreadPool>(2);
   HostArena arena;
-  std::shared_ptr<Feeder> feeder;
+  std::vector<std::shared_ptr<Feeder>> feeders;
   std::unique_ptr<Gateway> gateway;
-  std::thread consumer;
+  std::vector<std::thread> consumers;
   std::atomic<int> batches{0};
 
-  explicit Fixture(size_t capacity = 64) {
+  explicit Fixture(size_t capacity = 64, size_t engines = 1) {
     Spec s;
     s.resize_h = s.resize_w = 40;
     s.crop_h = s.crop_w = 32;
@@ -92,39 +92,44 @@ struct Fixture {
     fc.batcher.max_delay = 500us;
     fc.batcher.capacity = capacity;
     fc.slots = 2;
-    feeder = std::make_shared<Feeder>(fc, std::make_shared<Preprocessor>(s), pool, arena);
+    for (size_t e = 0; e < engines; ++e) {
+      feeders.push_back(std::make_shared<Feeder>(fc, std::make_shared<Preprocessor>(s), pool, arena));
+    }
     GatewayConfig gc;
     gc.token = "secret";
-    gateway = std::make_unique<Gateway>(gc, std::vector<GatewayModel>{{"m", feeder, {"sum"}}});
+    gateway = std::make_unique<Gateway>(gc, std::vector<GatewayModel>{{"m", feeders, {"sum"}}});
     gateway->start();
-    // Plays the engine: each row's answer is the sum of its preprocessed bytes.
-    consumer = std::thread([this] {
-      PreparedBatch b;
-      while (feeder->next(b)) {
-        std::vector<uint64_t> ids;
-        std::vector<int64_t> sums;
-        std::vector<RowError> errors;
-        const size_t row_bytes = 32 * 32 * 3;
-        for (size_t r = 0; r < b.requests.size(); ++r) {
-          ids.push_back(b.requests[r].id);
-          int64_t sum = 0;
-          const uint8_t* px = feeder->slot_data(size_t(b.slot)) + r * row_bytes;
-          for (size_t i = 0; i < row_bytes; ++i) sum += px[i];
-          sums.push_back(sum);
-          if (b.items[r].status != Status::kOk) errors.push_back({r, 400, b.items[r].message});
-        }
-        feeder->release(b.slot);
-        RowOutput out{"sum", "INT64", {1}, reinterpret_cast<const uint8_t*>(sums.data()), 8};
-        std::vector<int64_t> queue(ids.size(), 2), total(ids.size(), 9);
-        gateway->answer(ids, {out}, {queue, total, {1.5, 1.5, 1.5, 1.5, 1.5}}, errors);
-        batches.fetch_add(1);
-      }
-    });
+    for (const auto& feeder : feeders) consumers.emplace_back([this, feeder] { consume(*feeder); });
   }
+
+  // Plays an engine: each row's answer is the sum of its preprocessed bytes.
+  void consume(Feeder& feeder) {
+    PreparedBatch b;
+    while (feeder.next(b)) {
+      std::vector<uint64_t> ids;
+      std::vector<int64_t> sums;
+      std::vector<RowError> errors;
+      const size_t row_bytes = 32 * 32 * 3;
+      for (size_t r = 0; r < b.requests.size(); ++r) {
+        ids.push_back(b.requests[r].id);
+        int64_t sum = 0;
+        const uint8_t* px = feeder.slot_data(size_t(b.slot)) + r * row_bytes;
+        for (size_t i = 0; i < row_bytes; ++i) sum += px[i];
+        sums.push_back(sum);
+        if (b.items[r].status != Status::kOk) errors.push_back({r, 400, b.items[r].message});
+      }
+      feeder.release(b.slot);
+      RowOutput out{"sum", "INT64", {1}, reinterpret_cast<const uint8_t*>(sums.data()), 8};
+      std::vector<int64_t> queue(ids.size(), 2), total(ids.size(), 9);
+      gateway->answer(ids, {out}, {queue, total, {1.5, 1.5, 1.5, 1.5, 1.5}}, errors);
+      batches.fetch_add(1);
+    }
+  }
+
   ~Fixture() {
     gateway->shutdown(1000ms);
-    feeder->close();
-    consumer.join();
+    for (const auto& feeder : feeders) feeder->close();
+    for (auto& t : consumers) t.join();
   }
 };
 
@@ -194,6 +199,40 @@ TEST(Gateway, ManyClientsEachGetTheirOwnAnswer) {
   EXPECT_EQ(ok.load(), 80);
   EXPECT_EQ(f.gateway->pending(), 0u);
   EXPECT_EQ(f.gateway->counts(0), (std::vector<std::pair<int, uint64_t>>{{200, 80}}));
+}
+
+TEST(Gateway, SpreadsAModelsRequestsOverItsEngines) {
+  Fixture f(1024, 2);
+  const test::Bytes jpeg = test::encode_jpeg(test::make_rgb(40, 40, 3), {});
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 8; ++c) {
+    clients.emplace_back([&] {
+      for (int k = 0; k < 10; ++k) {
+        const std::string r = round_trip(f.gateway->port(), infer_request({jpeg, jpeg}, "secret"));
+        if (r.rfind("HTTP/1.1 200", 0) == 0 && r.find(R"("shape":[2,1])") != std::string::npos) {
+          ok.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok.load(), 80);
+  EXPECT_EQ(f.gateway->pending(), 0u);
+  // Both engines took images; a request's images go whole to one engine.
+  const uint64_t first = f.gateway->routed(0, 0), second = f.gateway->routed(0, 1);
+  EXPECT_EQ(first + second, 160u);
+  EXPECT_GT(first, 0u);
+  EXPECT_GT(second, 0u);
+  EXPECT_EQ(first % 2, 0u);
+  EXPECT_THROW(f.gateway->routed(0, 2), std::out_of_range);
+}
+
+TEST(Gateway, RefusesAModelWithoutFeeders) {
+  GatewayConfig gc;
+  EXPECT_THROW(Gateway(gc, std::vector<GatewayModel>{{"m", {}, {"sum"}}}), std::invalid_argument);
+  EXPECT_THROW(Gateway(gc, std::vector<GatewayModel>{{"m", {nullptr}, {"sum"}}}),
+               std::invalid_argument);
 }
 
 }  // namespace

@@ -235,10 +235,12 @@ class Gateway:
         max_body_bytes: int,
         max_images_per_request: int,
         timeout_us: int,
-        models: Sequence[tuple[str, Feeder, Sequence[str]]],
+        models: Sequence[tuple[str, Sequence[Feeder], Sequence[str]]],
     ) -> None:
         """
-        Bind host:port (0: any free port). `models` holds (name, feeder, output names).
+        Bind host:port (0: any free port). `models` holds (name, feeders, output names):
+        one feeder per engine of the model; each request goes to the one with the fewest
+        requests waiting.
         """
 
     @property
@@ -312,6 +314,9 @@ class Gateway:
 
     def counts(self, model: int) -> list[tuple[int, int]]:
         """[(status, answered requests)] of the model at that index."""
+
+    def routed(self, model: int, feeder: int) -> int:
+        """Images given to that feeder of that model."""
 
 class KVBlockManager:
     """

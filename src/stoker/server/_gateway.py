@@ -27,6 +27,7 @@ from stoker._models import ModelLike
 from stoker.server._app import create_app
 from stoker.server._config import ServerConfig
 from stoker.server._front import Front, status_of
+from stoker.server._replicas import Replicas
 from stoker.server._tasks import ImageClassification
 
 __all__ = ["GatewaySink", "NativeServer", "serve_native"]
@@ -107,17 +108,14 @@ class NativeServer:
         self.app = create_app(config, models)
         self.front: Front = self.app.state.front
         self.drain_s = drain_s
-        # The gateway answers image models' requests itself; other tasks' requests are forwarded.
-        # It queues a model's requests on one feeder, so a model on several devices is left to
-        # the application, whose router spreads them (see docs/server.md, multi-device serving).
-        native: list[tuple[ImageClassification, Engine]] = []
+        # The gateway answers image models' requests itself, feeding each of a model's engines
+        # (one per device) directly; other tasks' requests are forwarded.
+        native: list[tuple[ImageClassification, tuple[Engine, ...]]] = []
         for t in self.front.tasks.values():
             if isinstance(t.engine, Engine):
-                native.append((t, t.engine))
-            else:
-                log.info(
-                    "model %s runs on several devices: its requests take the Python path", t.name
-                )
+                native.append((t, (t.engine,)))
+            elif isinstance(t.engine, Replicas):
+                native.append((t, t.engine.engines))
         try:
             self.gateway = _native.Gateway(
                 config.host,
@@ -127,13 +125,14 @@ class NativeServer:
                 config.max_body_bytes,
                 config.max_images_per_request,
                 round((config.timeout_ms or 0) * 1000),
-                [(t.name, engine.feeder, t.output_names()) for t, engine in native],
+                [(t.name, [e.feeder for e in engines], t.output_names()) for t, engines in native],
             )
         except BaseException:
             self.front.close()
             raise
-        for task, engine in native:
-            engine.attach(GatewaySink(self.gateway, task))
+        for task, engines in native:
+            for engine in engines:
+                engine.attach(GatewaySink(self.gateway, task))
         names = [t.name for t, _ in native]
         gateway = self.gateway
         self.front.metrics.add_native_counts(
