@@ -40,6 +40,8 @@ def host_decode(
 
 
 def test_decoder_fills_its_rows_like_the_cpu_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The torchvision slot, filled with the CPU decode: the resize alone is under test.
+    monkeypatch.setenv("STOKER_GPU_DECODER", "torchvision")
     monkeypatch.setattr(_gpu_decode, "gpu_decode_available", lambda device: True)
     monkeypatch.setattr(_gpu_decode, "decode_jpegs", host_decode)
     decoder = GpuDecoder(SPEC, DEVICE)
