@@ -216,8 +216,8 @@ bool Gateway::try_infer(uint64_t token, size_t model, HttpRequest& request) {
     const KsSpan span = req.parsed.elements[i];
     Admission a;
     try {
-      a = m.feeders[req.feeder]->submit(base | i, Priority::kNormal, deadline,
-                                        body + span.offset, span.size);
+      a = m.feeders[req.feeder]->submit(base | i, Priority::kNormal, deadline, body + span.offset,
+                                        span.size);
     } catch (...) {
       // Settled before the error travels on: otherwise the request would wait forever for
       // elements that were never queued.

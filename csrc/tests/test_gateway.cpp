@@ -93,7 +93,8 @@ struct Fixture {
     fc.batcher.capacity = capacity;
     fc.slots = 2;
     for (size_t e = 0; e < engines; ++e) {
-      feeders.push_back(std::make_shared<Feeder>(fc, std::make_shared<Preprocessor>(s), pool, arena));
+      feeders.push_back(
+          std::make_shared<Feeder>(fc, std::make_shared<Preprocessor>(s), pool, arena));
     }
     GatewayConfig gc;
     gc.token = "secret";
