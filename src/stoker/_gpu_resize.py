@@ -215,6 +215,20 @@ def _span(kind: int, in_size: int, out_size: int, begin: int, end: int) -> tuple
     return lo, max(min(hi + 1, in_size), lo + 1), taps
 
 
+def _geometry(spec: ImageSpec, kind: int, h: int, w: int) -> tuple[int, ...]:
+    """An (h, w) image's resize and crop: (resized h, w, crop offsets y, x, first input row
+    read, rows read, first kept column, kept columns, vertical taps, horizontal taps)."""
+    out_h, out_w = spec.output_size
+    rh, rw = _resize_target(spec, h, w)
+    off_y = _crop_offset(rh, out_h) if spec.crop is not None else 0
+    off_x = _crop_offset(rw, out_w) if spec.crop is not None else 0
+    by, ey = min(max(off_y, 0), rh), min(max(off_y + out_h, 0), rh)
+    bx, ex = min(max(off_x, 0), rw), min(max(off_x + out_w, 0), rw)
+    ylo, yhi, ty = _span(kind, h, rh, by, ey)
+    _, _, tx = _span(kind, w, rw, bx, ex)
+    return rh, rw, off_y, off_x, ylo, yhi - ylo, bx, ex - bx, ty, tx
+
+
 def _check(
     images: Sequence[torch.Tensor], out: torch.Tensor, rows: Sequence[int], spec: ImageSpec
 ) -> None:
@@ -273,16 +287,14 @@ def resize_into(
     kind = _kind(spec)
     table: list[list[int]] = []
     tmp_size = taps_x = taps_y = max_h = max_w = 0
+    # Photos come in a few sizes: each size's geometry is worked out once per call.
+    geometry: dict[tuple[int, int], tuple[int, ...]] = {}
     for img, row in zip(images, rows, strict=True):
         h, w = int(img.shape[1]), int(img.shape[2])
-        rh, rw = _resize_target(spec, h, w)
-        off_y = _crop_offset(rh, out_h) if spec.crop is not None else 0
-        off_x = _crop_offset(rw, out_w) if spec.crop is not None else 0
-        by, ey = min(max(off_y, 0), rh), min(max(off_y + out_h, 0), rh)
-        bx, ex = min(max(off_x, 0), rw), min(max(off_x + out_w, 0), rw)
-        ylo, yhi, ty = _span(kind, h, rh, by, ey)
-        _, _, tx = _span(kind, w, rw, bx, ex)
-        kept_h, kept_w = yhi - ylo, ex - bx
+        g = geometry.get((h, w))
+        if g is None:
+            g = geometry[h, w] = _geometry(spec, kind, h, w)
+        rh, rw, off_y, off_x, ylo, kept_h, bx, kept_w, ty, tx = g
         table.append([img.data_ptr(), h, w, *img.stride(), rh, rw, off_y, off_x, row, ylo])
         table[-1] += [kept_h, tmp_size, bx, kept_w]
         tmp_size += 3 * kept_h * kept_w
