@@ -212,12 +212,16 @@ bool Gateway::try_infer(uint64_t token, size_t model, HttpRequest& request) {
                                                : SteadyClock::time_point::max();
   const auto* body = reinterpret_cast<const uint8_t*>(req.request.body.data());
   const uint64_t base = kIdBit | (req.sequence << kElementBits);
+  // Once its last element is queued, an engine may answer and free the request at any moment:
+  // nothing of it is read after that submit.
+  const size_t f = req.feeder;
+  Feeder& feeder = *m.feeders[f];
+  std::atomic<uint64_t>& routed = routed_[model][f];
   for (size_t i = 0; i < n; ++i) {
     const KsSpan span = req.parsed.elements[i];
     Admission a;
     try {
-      a = m.feeders[req.feeder]->submit(base | i, Priority::kNormal, deadline, body + span.offset,
-                                        span.size);
+      a = feeder.submit(base | i, Priority::kNormal, deadline, body + span.offset, span.size);
     } catch (...) {
       // Settled before the error travels on: otherwise the request would wait forever for
       // elements that were never queued.
@@ -225,7 +229,7 @@ bool Gateway::try_infer(uint64_t token, size_t model, HttpRequest& request) {
       throw;
     }
     if (a == Admission::kAccepted) {
-      routed_[model][req.feeder].fetch_add(1, std::memory_order_relaxed);
+      routed.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     withdraw(req, token, model, base, i);
