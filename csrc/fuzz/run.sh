@@ -4,7 +4,8 @@
 #                         fails on the first crash
 #   run.sh long SECONDS   fuzzes each target for SECONDS; crashes are minimized into
 #                         csrc/fuzz/regressions/<target>/ and fail the run once all targets ran
-# FUZZ_TARGETS (space-separated) narrows the run to some targets.
+# FUZZ_TARGETS (space-separated) narrows the run to some targets; FUZZ_JOBS (default 1) is the
+# number of processes a long run keeps fuzzing each target.
 set -euo pipefail
 mode=$1
 seconds=$2
@@ -39,7 +40,7 @@ for t in $targets; do
   fi
   # -fork keeps going after a crash, so one run may collect several.
   rm -f "$artifacts"/*
-  "$bin" -max_total_time="$seconds" -timeout=10 -print_final_stats=1 -fork=1 \
+  "$bin" -max_total_time="$seconds" -timeout=10 -print_final_stats=1 -fork="${FUZZ_JOBS:-1}" \
     -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 -artifact_prefix="$artifacts/" \
     "$corpus" "$build/seeds/$t" || true
   # Inputs over -timeout (or flagged slow) are listed, not kept: on a loaded machine a
