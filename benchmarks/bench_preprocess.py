@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import resource
 import statistics
 import sys
 import time
@@ -298,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         big_batches = make_batches(images, allcore_batch, 2)
         single: dict[str, list[float]] = {k: [] for k in variants}
         multi: dict[str, list[float]] = {k: [] for k in variants}
+        # Kernel time's share of the process's CPU time at all threads: page faults and lock
+        # contention in the kernel show up here, not in user time.
+        kernel: dict[str, list[float]] = {k: [] for k in variants}
         sync_fns = {k: _sync_into(stoker, specs[k], native_batch) for k in variants}
         # Right after the pool is resized, the first second or so runs slow (seen on VMs), so
         # each switch is followed by an untimed warm-up.
@@ -311,7 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for k in variants:
                 stream_rate(stoker, specs[k], big_batches, warmup / len(variants))
             for k in variants:
+                before = resource.getrusage(resource.RUSAGE_SELF)
                 multi[k].append(stream_rate(stoker, specs[k], big_batches, duration))
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                kernel[k].append((after.ru_stime - before.ru_stime) / max(cpu, 1e-9))
         for k in variants:
             s1 = statistics.median(single[k])
             sn = statistics.median(multi[k])
@@ -323,11 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "single_thread": s1,
                 "all_threads": sn,
                 "efficiency": eff,
+                "kernel_cpu_share": kernel[k],
                 "python_overhead": 1.0 - per_core[k]["median"] / s1,
             }
             say(
                 f"{k}: 1 thread (batch {native_batch}, out=) {s1:.1f} img/s; {threads} threads "
-                f"(batch {allcore_batch}, 2 in flight) {sn:.1f} img/s; efficiency {eff:.2f}"
+                f"(batch {allcore_batch}, 2 in flight) {sn:.1f} img/s; efficiency {eff:.2f}; "
+                f"kernel share of CPU time {statistics.median(kernel[k]):.1%}"
             )
         results["all_core"][set_name] = all_core
         stoker.set_num_threads(1)

@@ -55,9 +55,19 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
     parser.add_argument("--model", help="a model folder (default: the installed all-MiniLM-L6-v2)")
+    parser.add_argument(
+        "--cuda-graphs",
+        choices=("on", "off", "both"),
+        default="on",
+        help="stoker's encoder as CUDA graphs; 'both' also runs it eagerly, for an A/B",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=("sentence-transformers", "none"),
+        default="sentence-transformers",
+        help="'none' measures stoker alone (with --cuda-graphs both: graphs against eager)",
+    )
     args = parser.parse_args()
-
-    from sentence_transformers import SentenceTransformer
 
     dtype = getattr(torch, args.dtype)
     folder = args.model or default_model_dir()
@@ -69,42 +79,59 @@ def main() -> None:
         f"{args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
         f"{os.cpu_count()} CPUs {platform.machine()}"
     )
-    st = SentenceTransformer(str(folder), device=args.device)
-    if dtype != torch.float32:
-        st = st.to(dtype)
     print("throughput, single-sentence requests:")
-    seq, _ = _rate("SentenceTransformer.encode, 1 caller", lambda s: st.encode(s), sentences, 1)
-    naive, reference = _rate(
-        f"SentenceTransformer.encode, {args.callers} threads",
-        lambda s: st.encode(s),
-        sentences,
-        args.callers,
-    )
-    with TextEngine(
-        folder,
-        device=args.device,
-        dtype=None if dtype == torch.float32 else dtype,
-        max_batch_size=args.max_batch_size,
-        max_delay_ms=args.max_delay_ms,
-    ) as engine:
-        engine.infer_sync(sentences[0])
-        engine.reset_stats()
-        ours, got = _rate(
-            f"stoker TextEngine.infer_sync, {args.callers} threads",
-            engine.infer_sync,
+    baselines: list[tuple[str, float, list[Any]]] = []
+    if args.baseline == "sentence-transformers":
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(folder), device=args.device)
+        if dtype != torch.float32:
+            st = st.to(dtype)
+        seq, _ = _rate("SentenceTransformer.encode, 1 caller", st.encode, sentences, 1)
+        naive, reference = _rate(
+            f"SentenceTransformer.encode, {args.callers} threads",
+            st.encode,
             sentences,
             args.callers,
         )
-        stats = engine.stats()
-    cos = [
-        float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-        for a, b in zip(got, reference, strict=True)
-    ]
-    print(
-        f"stoker / encode in threads: {ours / naive:.2f}x; stoker / encode in sequence: "
-        f"{ours / seq:.2f}x"
-    )
-    print(f"agreement: min cosine {min(cos):.6f} over {len(cos)} sentences")
+        baselines = [("encode in threads", naive, reference), ("encode in sequence", seq, [])]
+    graphs = {"on": [True], "off": [False], "both": [False, True]}[args.cuda_graphs]
+    for cuda_graphs in graphs:
+        with TextEngine(
+            folder,
+            device=args.device,
+            dtype=None if dtype == torch.float32 else dtype,
+            max_batch_size=args.max_batch_size,
+            max_delay_ms=args.max_delay_ms,
+            cuda_graphs=cuda_graphs,
+        ) as engine:
+            engine.infer_sync(sentences[0])
+            engine.reset_stats()
+            mode = "graphs" if engine.graphs is not None else "eager"
+            ours, got = _rate(
+                f"stoker TextEngine.infer_sync ({mode}), {args.callers} threads",
+                engine.infer_sync,
+                sentences,
+                args.callers,
+            )
+            stats = engine.stats()
+        _report(ours, got, baselines, stats)
+        # A later stoker run is compared with the earlier ones too (graphs against eager).
+        baselines.append((f"stoker {mode}", ours, got))
+
+
+def _report(
+    ours: float, got: list[Any], baselines: list[tuple[str, float, list[Any]]], stats: Any
+) -> None:
+    for name, rate, reference in baselines:
+        line = f"stoker / {name}: {ours / rate:.2f}x"
+        if reference:
+            cos = [
+                float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+                for a, b in zip(got, reference, strict=True)
+            ]
+            line += f"; agreement: min cosine {min(cos):.6f} over {len(cos)} sentences"
+        print(line)
     n = stats["total"].count
     model_us = stats["batch_compute"].sum / max(n, 1)
     print(

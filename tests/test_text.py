@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # the reference model loads from its folder, never the hub
@@ -81,6 +82,26 @@ def test_batches_group_by_length() -> None:
     # Padding a short text into a batch (its bucket's length) leaves its embedding as it was.
     np.testing.assert_allclose(results[0][0], alone[0], atol=1e-5)
     np.testing.assert_allclose(results[5][0], alone[1], atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphs_give_the_eager_embeddings() -> None:
+    texts = [*SENTENCES, *sample_sentences(40, seed=11)]
+    with TextEngine(device="cuda", max_batch_size=8, cuda_graphs=False) as eager:
+        want = [f.result() for f in [eager.submit(t) for t in texts]]
+    with TextEngine(device="cuda", max_batch_size=8, max_delay_ms=5.0) as e:
+        assert e.graphs is not None
+        # Batch buckets 1, 2, 4, 8 for each length bucket.
+        assert len(e.graphs) == 4 * len(e.lengths)
+        got = [f.result() for f in [e.submit(t, timed=True) for t in texts]]
+        single = e.infer_sync(texts[0])
+        # Every batch, a full one as well as a single text, ran as a replay.
+        batches = e.stats()["batch_size"].count
+        assert e.graphs.replays == batches
+    assert {t.batch_size for _, t in got} - {1} != set()
+    for text, (vector, _), ref in zip(texts, got, want, strict=True):
+        assert cosine(vector, ref) >= 0.99999, text[:40]
+    assert cosine(single, want[0]) >= 0.99999
 
 
 def test_full_bucket_is_cut_before_the_delay() -> None:

@@ -31,6 +31,7 @@ from stoker._callers import CallerAPI, Priority
 from stoker._errors import DeadlineExceededError, EngineClosedError, QueueFullError
 from stoker._stats import HistogramSnapshot
 from stoker.text._bert import load_encoder
+from stoker.text._graphs import EncoderGraphs
 from stoker.text._model import model_files
 from stoker.text._stats import TextStats, TextTimings
 from stoker.text._tokenize import EmptyTextError, TextError, TextTokenizer, TextTooLongError
@@ -111,7 +112,9 @@ class TextEngine(CallerAPI[str, TextTimings]):
 
     ``model`` is a model folder (None: the installed all-MiniLM-L6-v2). Inputs longer than the
     model's length are truncated to it; with ``max_tokens``, inputs of more tokens are refused
-    with ``TextTooLongError`` instead. Results are unit-length float32 numpy vectors.
+    with ``TextTooLongError`` instead. Results are unit-length float32 numpy vectors. On a GPU,
+    ``cuda_graphs`` captures the encoder once per batch and length bucket at start and replays
+    those graphs.
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class TextEngine(CallerAPI[str, TextTimings]):
         buckets: Sequence[int] = DEFAULT_BUCKETS,
         capacity: int = 4096,
         max_tokens: int | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -153,6 +157,11 @@ class TextEngine(CallerAPI[str, TextTimings]):
         # A GPU gets the bucket's fixed shape (few shapes for its kernels and allocator); the CPU
         # pays per padded token, so it pads only to the batch's longest input.
         self._pad_to_bucket = self.device.type == "cuda"
+        self.graphs = (
+            EncoderGraphs(self.model, self.device, max_batch_size, self.lengths)
+            if cuda_graphs and self.device.type == "cuda"
+            else None
+        )
         self._cond = threading.Condition()
         self._waiting = 0
         self._closed = False
@@ -293,15 +302,18 @@ class TextEngine(CallerAPI[str, TextTimings]):
             lengths[row] = len(r.ids)
         mask = np.arange(width) < lengths[:, None]
         cuda = self.device.type == "cuda"
-        ids_t = torch.from_numpy(ids).to(self.device, non_blocking=cuda)
-        mask_t = torch.from_numpy(mask).to(self.device, non_blocking=cuda)
         flight.launched_ns = time.monotonic_ns()
         if cuda:
             flight.start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             flight.done = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             flight.start.record()
         with torch.inference_mode():
-            flight.output = self.model(ids_t, mask_t)
+            if self.graphs is not None:
+                flight.output = self.graphs.run(ids, mask)
+            if flight.output is None:
+                ids_t = torch.from_numpy(ids).to(self.device, non_blocking=cuda)
+                mask_t = torch.from_numpy(mask).to(self.device, non_blocking=cuda)
+                flight.output = self.model(ids_t, mask_t)
         if flight.done is not None:
             flight.done.record()
         else:
