@@ -187,6 +187,9 @@ def run_cuda(args: argparse.Namespace, images: Sequence[bytes]) -> None:
         postprocess=argmax,
         staging_slots=args.slots,
         gpu_decode=gpu_decode,
+        preferred_batch_sizes=[int(b) for b in args.preferred.split(",")]
+        if args.preferred
+        else None,
     ) as engine:
         results = []
         for r in range(args.rounds):
@@ -239,6 +242,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="stoker's native threads")
     p.add_argument("--reduce-gap", type=float, default=None)
     p.add_argument("--gpu-decode", default=None, help="GPU decode share (0..1) or 'auto'")
+    p.add_argument(
+        "--preferred",
+        default=None,
+        help="preferred batch sizes, comma-separated (also the CUDA graph buckets)",
+    )
     p.add_argument(
         "--switch-interval",
         type=float,
