@@ -104,10 +104,17 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-graphs", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float32"),
+        default=None,
+        help="default: bfloat16 on CUDA, float32 on the CPU",
+    )
     args = p.parse_args()
     import transformers
 
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    cuda = args.device.startswith("cuda")
+    dtype = getattr(torch, args.dtype) if args.dtype else torch.bfloat16 if cuda else torch.float32
     shape = SHAPES[args.shape]
     torch.manual_seed(args.seed)
     max_len = args.prompt_len + args.max_tokens + 8
@@ -132,23 +139,52 @@ def main() -> None:
             "oracle, always wrong": Oracle(full, args.draft, vocab, wrong=True),
         }
         figures: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-        for r in range(args.rounds):
+        for _ in range(args.rounds):
             for mode, proposer in modes.items():
                 got = run(decoder, Path(folder), prompts, options, args, proposer)
-                if got["out"] != base["out"]:
-                    sys.exit(f"round {r}, {mode}: output differs from the plain run")
+                got["same"] = _agreement(got["out"], base["out"])
                 figures[mode].append(got)
-    print("| mode | output tok/s (median) | vs plain | steps | tokens/step | acceptance |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| mode | output tok/s (median) | vs plain | steps | tokens/step | acceptance "
+        "| requests equal to plain | tokens before the first difference |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     plain = sorted(f["tok_s"] for f in figures["plain"])[args.rounds // 2]
+    exact = True
     for mode, runs in figures.items():
         rate = sorted(f["tok_s"] for f in runs)[args.rounds // 2]
         last = runs[-1]
+        equal = min(f["same"][0] for f in runs)
+        prefix = min(f["same"][1] for f in runs)
+        exact = exact and equal == len(prompts)
         print(
             f"| {mode} | {rate:,.0f} | {rate / plain:.2f}x | {last['steps']} | "
-            f"{last['tokens_per_step']:.2f} | {last['acceptance']:.1%} |"
+            f"{last['tokens_per_step']:.2f} | {last['acceptance']:.1%} | "
+            f"{equal}/{len(prompts)} | {prefix:.1%} |"
         )
-    print("\nEvery run gave the plain run's tokens.")
+    # Greedy speculation keeps the plain tokens exactly where verification computes the same
+    # logits as a one-token step; in reduced precision the multi-token pass rounds differently,
+    # and near-ties (common with random weights) can then pick another token.
+    print(
+        "\nEvery run gave the plain run's tokens."
+        if exact
+        else f"\nSome outputs differ from the plain run ({args.dtype or dtype})."
+    )
+    if not exact and dtype == torch.float32:
+        sys.exit("outputs differ in float32: speculation changed greedy output")
+
+
+def _agreement(got: list[list[int]], want: list[list[int]]) -> tuple[int, float]:
+    """Requests whose tokens all equal the plain run's, and the share of tokens before each
+    request's first difference (over all requests)."""
+    equal = sum(g == w for g, w in zip(got, want, strict=True))
+    before = 0
+    for g, w in zip(got, want, strict=True):
+        n = next(
+            (i for i, (a, b) in enumerate(zip(g, w, strict=False)) if a != b), min(len(g), len(w))
+        )
+        before += n
+    return equal, before / max(sum(len(w) for w in want), 1)
 
 
 if __name__ == "__main__":
