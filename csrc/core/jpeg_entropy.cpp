@@ -205,12 +205,21 @@ struct FastEntropy {
   JDIMENSION mcus_left;
   std::jmp_buf* jump;  // where the decode was set up to unwind to
   bool* redo;
+  uint64_t handed_back = 0;  // images this thread gave back to libjpeg
   HuffTable tables[2 * NUM_HUFF_TBLS];
+  // What each table was built from: a table is a function of these bytes alone.
+  struct Source {
+    bool valid = false;
+    bool ac = false;
+    uint8_t bits[17];
+    uint8_t huffval[256];
+  } sources[2 * NUM_HUFF_TBLS];
 };
 
 namespace {
 
 [[noreturn]] void redo_with_libjpeg(FastEntropy& e) {
+  ++e.handed_back;
   *e.redo = true;
   std::longjmp(*e.jump, 1);
 }
@@ -340,6 +349,30 @@ FastEntropy& thread_fast_entropy() {
   return fast;
 }
 
+namespace {
+
+// Images from one encoder carry the same Huffman tables in the same order, so a slot keeps its
+// table while the source bytes match: a comparison of 273 bytes instead of 2,048 entries built
+// (measured: about 4% of the CPU time of a 500x375 image's decode, resize and output).
+void build_once(const JHUFF_TBL& spec, bool ac, FastEntropy& e, int slot) {
+  FastEntropy::Source& src = e.sources[slot];
+  static_assert(sizeof(src.bits) == sizeof(spec.bits) &&
+                sizeof(src.huffval) == sizeof(spec.huffval));
+  if (src.valid && src.ac == ac && std::memcmp(src.bits, spec.bits, sizeof(src.bits)) == 0 &&
+      std::memcmp(src.huffval, spec.huffval, sizeof(src.huffval)) == 0) {
+    return;
+  }
+  build_table(spec, ac, e.tables[slot]);
+  src.valid = true;
+  src.ac = ac;
+  std::memcpy(src.bits, spec.bits, sizeof(src.bits));
+  std::memcpy(src.huffval, spec.huffval, sizeof(src.huffval));
+}
+
+}  // namespace
+
+uint64_t thread_fast_entropy_handed_back() { return thread_fast_entropy().handed_back; }
+
 // Takes over entropy decoding of a single-scan baseline JPEG after jpeg_start_decompress, which
 // leaves the source at the first byte of the scan's data.
 void install_fast_entropy(jpeg_decompress_struct& c, FastEntropy& e, std::jmp_buf& jump,
@@ -356,11 +389,11 @@ void install_fast_entropy(jpeg_decompress_struct& c, FastEntropy& e, std::jmp_bu
     const int dc = comp->dc_tbl_no, ac = comp->ac_tbl_no;
     if (built_dc[dc] < 0) {
       built_dc[dc] = used;
-      build_table(*c.dc_huff_tbl_ptrs[dc], false, e.tables[used++]);
+      build_once(*c.dc_huff_tbl_ptrs[dc], false, e, used++);
     }
     if (built_ac[ac] < 0) {
       built_ac[ac] = used;
-      build_table(*c.ac_huff_tbl_ptrs[ac], true, e.tables[used++]);
+      build_once(*c.ac_huff_tbl_ptrs[ac], true, e, used++);
     }
     e.dc[b] = &e.tables[built_dc[dc]];
     e.ac[b] = &e.tables[built_ac[ac]];

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <csetjmp>
+#include <cstdint>
 
 namespace stoker::detail {
 
@@ -11,6 +12,9 @@ struct FastEntropy;
 
 // This thread's decoder state.
 FastEntropy& thread_fast_entropy();
+
+// How many images this thread's decoder has given back to libjpeg (see below).
+uint64_t thread_fast_entropy_handed_back();
 
 // Takes over entropy decoding of a single-scan baseline JPEG after jpeg_start_decompress (other
 // files are left to libjpeg). Data the decoder does not handle (a bad code, a coefficient past a

@@ -16,6 +16,7 @@
 // clang-format off
 #include <jpeglib.h>
 #include <jerror.h>
+#include "core/jpeg_entropy.hpp"
 // clang-format on
 
 namespace stoker {
@@ -396,6 +397,27 @@ TEST(DecodeRgb, JpegMatchesLibjpegExactly) {
     EXPECT_EQ(info.height, c.h);
     EXPECT_TRUE(same_rgb(got, ref));
   }
+}
+
+// A decoding thread keeps the Huffman tables it built while the next image's are the same:
+// images with the standard tables and with tables fitted to each image, in turn on one thread,
+// must each decode exactly as libjpeg decodes them.
+TEST(DecodeRgb, JpegHuffmanTablesChangingBetweenImages) {
+  test::JpegOptions fitted;
+  fitted.optimize_huffman = true;
+  test::JpegOptions full_chroma;
+  full_chroma.sampling = test::Sampling::k444;
+  const uint64_t handed_back = detail::thread_fast_entropy_handed_back();
+  for (int round = 0; round < 3; ++round) {
+    for (const test::JpegOptions& options : {test::JpegOptions{}, fitted, full_chroma, fitted}) {
+      const uint64_t seed = uint64_t(round * 7 + options.optimize_huffman);
+      const Bytes jpeg = test::encode_jpeg(test::make_rgb(64 + round * 8, 48, seed), options);
+      EXPECT_TRUE(same_rgb(decode(jpeg), test::reference_jpeg_decode(jpeg)))
+          << "round " << round << (options.optimize_huffman ? " fitted" : " standard");
+    }
+  }
+  // stoker's decoder did the work: a stale table would have sent images back to libjpeg.
+  EXPECT_EQ(detail::thread_fast_entropy_handed_back(), handed_back);
 }
 
 TEST(DecodeRgb, JpegOrientations) {

@@ -188,6 +188,7 @@ Bytes encode_jpeg(const Image& rgb, const JpegOptions& options) {
   if (options.progressive) jpeg_simple_progression(&c);
   if (options.arithmetic) c.arith_code = TRUE;
   if (options.restart_rows > 0) c.restart_in_rows = options.restart_rows;
+  if (options.optimize_huffman) c.optimize_coding = TRUE;
   jpeg_start_compress(&c, TRUE);
   if (options.orientation > 0) {
     Bytes app1 = {'E', 'x', 'i', 'f', 0, 0};

@@ -96,7 +96,8 @@ struct JpegOptions {
   bool progressive = false;
   bool arithmetic = false;
   int restart_rows = 0;
-  int orientation = 0;  // 0: no EXIF block
+  bool optimize_huffman = false;  // Huffman tables fitted to the image instead of the standard ones
+  int orientation = 0;            // 0: no EXIF block
   bool exif_little_endian = false;
 };
 
