@@ -61,6 +61,7 @@ void jpeg_seeds() {
       {"restart-444", {90, Sampling::k444, false, false, 2}},
       {"exif-6", {90, Sampling::k420, false, false, 0, 6}},
       {"exif-3-le", {90, Sampling::k422, false, false, 0, 3, true}},
+      {"fitted-huffman", {90, Sampling::k420, false, false, 0, 0, false, true}},
   };
   for (const auto& k : kinds) write_image("jpeg", k.name, encode_jpeg(rgb, k.options));
   Image cmyk(23, 19, 4);

@@ -96,9 +96,9 @@ struct JpegOptions {
   bool progressive = false;
   bool arithmetic = false;
   int restart_rows = 0;
-  bool optimize_huffman = false;  // Huffman tables fitted to the image instead of the standard ones
-  int orientation = 0;            // 0: no EXIF block
+  int orientation = 0;  // 0: no EXIF block
   bool exif_little_endian = false;
+  bool optimize_huffman = false;  // Huffman tables fitted to the image instead of the standard ones
 };
 
 Bytes encode_jpeg(const Image& rgb, const JpegOptions& options);
