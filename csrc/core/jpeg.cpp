@@ -109,6 +109,27 @@ struct DecodeState {
   bool cmyk;
 };
 
+// Sampling layouts whose partial decode (jpeg_crop_scanline, jpeg_skip_scanlines) gives the full
+// decode's pixels: the first component at the largest factors, at most 2, and every other one
+// at the same factors or at 1x1 (4:4:4, 4:2:2, 4:4:0, 4:2:0, grayscale, CMYK). On others
+// libjpeg-turbo can differ (the fuzzer found a chroma component sampled 4x taller than luma
+// whose cropped, DCT-scaled rows did), so those files are decoded whole.
+bool crops_exactly(const jpeg_decompress_struct& c) {
+  const jpeg_component_info& first = c.comp_info[0];
+  if (c.max_h_samp_factor > 2 || c.max_v_samp_factor > 2 ||
+      first.h_samp_factor != c.max_h_samp_factor || first.v_samp_factor != c.max_v_samp_factor) {
+    return false;
+  }
+  for (int i = 1; i < c.num_components; ++i) {
+    const jpeg_component_info& comp = c.comp_info[i];
+    const bool unit = comp.h_samp_factor == 1 && comp.v_samp_factor == 1;
+    const bool same =
+        comp.h_samp_factor == first.h_samp_factor && comp.v_samp_factor == first.v_samp_factor;
+    if (!unit && !same) return false;
+  }
+  return true;
+}
+
 bool decode_rows(JpegSession& s, int scale_num, const Rect& region, FastEntropy* fast,
                  DecodeState& st) {
   if (setjmp(s.err.jump)) return false;
@@ -127,6 +148,11 @@ bool decode_rows(JpegSession& s, int scale_num, const Rect& region, FastEntropy*
     x0 = y0 = 0;
     x1 = out_w;
     y1 = out_h;
+  }
+  if (!crops_exactly(c)) {
+    // Rows below the region may still be left undecoded: stopping early changes no pixel.
+    x0 = y0 = 0;
+    x1 = out_w;
   }
   // Fancy upsampling at the edge of a cropped scanline differs from the full decode's, so the
   // crop reaches one iMCU column past the region on both sides. libjpeg smooths the blocks of an
