@@ -43,10 +43,14 @@ for t in $targets; do
   "$bin" -max_total_time="$seconds" -timeout=10 -print_final_stats=1 -fork="${FUZZ_JOBS:-1}" \
     -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 -artifact_prefix="$artifacts/" \
     "$corpus" "$build/seeds/$t" || true
-  # Inputs over -timeout (or flagged slow) are listed, not kept: on a loaded machine a
-  # legitimate input can run long; replay one alone to tell a hang from a slow machine.
+  # Inputs over -timeout (or flagged slow) are set aside, not kept as regressions: on a loaded
+  # machine a legitimate input can run long; replay one alone to tell a hang from a slow
+  # machine. They move out of the artifacts folder, which the next run empties.
   for slow in "$artifacts"/timeout-* "$artifacts"/slow-unit-*; do
-    [ -e "$slow" ] && echo "fuzz_$t: slow input left in $slow"
+    [ -e "$slow" ] || continue
+    mkdir -p "$build/slow/$t"
+    mv "$slow" "$build/slow/$t/"
+    echo "fuzz_$t: slow input set aside as $build/slow/$t/$(basename "$slow")"
   done
   for crash in "$artifacts"/crash-* "$artifacts"/leak-* "$artifacts"/oom-*; do
     [ -e "$crash" ] || continue
