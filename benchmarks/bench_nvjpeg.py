@@ -14,6 +14,12 @@ decoder that waits for unrelated GPU work shows it there. A decode call that tak
     python benchmarks/bench_nvjpeg.py                    # every GPU, small (500x375) JPEGs
     python benchmarks/bench_nvjpeg.py --images large --batch 32
     python benchmarks/bench_nvjpeg.py --under-load
+    python benchmarks/bench_nvjpeg.py --interference --decode-rate 8000
+
+``--interference`` turns the question around: how much of the model's speed does the GPU decode
+take? It measures ResNet-50's replay rate alone, then beside each decoder paced at
+``--decode-rate`` images/s (about the GPU's share in the engine), with and without the batched
+resize that follows the decode, and beside the resize alone.
 """
 
 from __future__ import annotations
@@ -67,6 +73,13 @@ class Load:
             self._graphs.append((d, stream, graph, model, x))
         self.replays = [0] * len(devices)
         self._threads: list[threading.Thread] = []
+
+    def rate(self, seconds: float) -> float:
+        """Images/s of the first GPU's replays over ``seconds`` while running."""
+        time.sleep(0.5)  # past the start of whatever runs beside it
+        before, t0 = self.replays[0], time.perf_counter()
+        time.sleep(seconds)
+        return (self.replays[0] - before) * 256 / (time.perf_counter() - t0)
 
     def _run(self, k: int) -> None:
         d, stream, graph, _, _ = self._graphs[k]
@@ -176,6 +189,81 @@ def _cpu_rate(images: Sequence[bytes], seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _paced(
+    device: torch.device,
+    work: Callable[[list[bytes]], object],
+    images: Sequence[bytes],
+    batch: int,
+    rate: float,
+    stop: threading.Event,
+) -> None:
+    """Runs ``work`` on batches of ``images`` at ``rate`` images/s on a high-priority stream."""
+    stream = torch.cuda.Stream(device, priority=-1)  # type: ignore[no-untyped-call]
+    items = [images[i % len(images)] for i in range(batch)]
+    with torch.cuda.device(device), torch.cuda.stream(stream):
+        t0, j = time.perf_counter(), 0
+        while not stop.is_set():
+            work(items)
+            stream.synchronize()
+            j += 1
+            time.sleep(max(0.0, t0 + j * batch / rate - time.perf_counter()))
+
+
+def _interference(
+    device: torch.device, images: Sequence[bytes], batch: int, rate: float, seconds: float
+) -> None:
+    from stoker._gpu_resize import resize_into
+
+    spec = stoker.ImageSpec(size=256, crop=224, layout="NHWC", dtype="uint8")
+    landing = torch.empty((batch, 224, 224, 3), dtype=torch.uint8, device=device)
+    rows = list(range(batch))
+    nvjpeg = NvJpeg(device)
+
+    def decode(items: list[bytes]) -> object:
+        return nvjpeg.decode(items)
+
+    def decode_resize(items: list[bytes]) -> object:
+        decoded, _ = nvjpeg.decode(items)
+        resize_into([d for d in decoded if d is not None], landing, rows, spec)
+        return decoded
+
+    with torch.cuda.device(device):
+        kept, _ = nvjpeg.decode([images[i % len(images)] for i in range(batch)])
+        ready = [d for d in kept if d is not None]
+
+    def resize(_: list[bytes]) -> object:
+        resize_into(ready, landing, rows, spec)
+        return None
+
+    load = Load([device])
+    variants: dict[str, Callable[[list[bytes]], object] | None] = {
+        "alone": None,
+        "nvJPEG engines": decode,
+        "nvJPEG engines + resize": decode_resize,
+        "resize only": resize,
+    }
+    if gpu_decode_available(device):
+        tv = TorchvisionDecoder(device)
+        variants["torchvision decode_jpeg"] = tv.decode
+    variants["alone again"] = None
+    base = 0.0
+    with load.running():
+        for name, work in variants.items():
+            stop = threading.Event()
+            thread = None
+            if work is not None:
+                thread = threading.Thread(
+                    target=_paced, args=(device, work, images, batch, rate, stop), daemon=True
+                )
+                thread.start()
+            model = load.rate(seconds)
+            stop.set()
+            if thread is not None:
+                thread.join()
+            base = base or model
+            print(f"ResNet-50 beside {name:26s} {model:8.0f} img/s ({model / base:6.1%} of alone)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,6 +274,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--under-load", action="store_true", help="also with ResNet-50 running")
     p.add_argument("--stall-seconds", type=float, default=30.0)
+    p.add_argument("--interference", action="store_true", help="the model's rate beside decode")
+    p.add_argument("--decode-rate", type=float, default=8000.0, help="paced img/s, --interference")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_nvjpeg needs a CUDA device")
@@ -193,6 +283,9 @@ def main() -> None:
     gpus = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     print(f"# GPU JPEG decode, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"{len(gpus)} x {torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs; {vars(args)}")
+    if args.interference:
+        _interference(gpus[0], images, args.batch, args.decode_rate, args.seconds)
+        return
     probe = NvJpeg(gpus[0])
     print(f"stoker nvJPEG: {'hardware engines' if probe.hardware else 'CUDA'}, {probe.library}")
     decoders: dict[str, Callable[[torch.device], Decode]] = {

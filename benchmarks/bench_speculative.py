@@ -40,13 +40,13 @@ class Oracle:
     """Drafts from the plain run's output: the right tokens, or each one off by one."""
 
     def __init__(self, full: dict[int, list[int]], k: int, vocab: int, wrong: bool) -> None:
-        self.full, self.k, self.vocab, self.wrong = full, k, vocab, wrong
+        self.full, self.num_tokens, self.vocab, self.wrong = full, k, vocab, wrong
 
     def propose(self, histories: Sequence[TokenHistory]) -> list[list[int]]:
         out = []
         for history in histories:
             tokens = self.full[hash(tuple(history.tokens(0, 8)))]
-            nxt = tokens[len(history) : len(history) + self.k]
+            nxt = tokens[len(history) : len(history) + self.num_tokens]
             out.append([(t + 1) % self.vocab for t in nxt] if self.wrong else nxt)
         return out
 

@@ -221,3 +221,83 @@ def test_native_lookup_matches_its_definition() -> None:
         k = int(torch.randint(1, 6, (1,), generator=rng))
         got = NgramProposer(k, hi, lo).propose([TokenHistory(tokens)])[0]
         assert got == _lookup(tokens, hi, lo, k), (tokens, hi, lo, k)
+
+
+def _padded_logits(runner: Any, step: Any, rows: Any, bucket: int) -> Any:
+    """The logits of a verifying step run padded, as its CUDA graph runs it, but eagerly."""
+    from stoker.generate._model import StepBatch
+
+    arrays, own = runner.verify_arrays(step, bucket)
+    ids, pos, slots, ctx, tables = (torch.from_numpy(a) for a in arrays)
+    w = runner.verify_width
+    cu = (torch.arange(bucket + 1) * w).int()
+    batch = StepBatch(ids, pos, slots, cu, ctx.int(), tables.int(), torch.arange(bucket * w), w)
+    hidden = runner.model(batch, runner.cache, False)
+    return runner.model.head(hidden[torch.from_numpy(runner.verified(step, rows, own))])
+
+
+def test_padded_verifying_rows_see_what_unpadded_rows_see(llama: Path, engine_of: Any) -> None:
+    prompts = _prompts(5, seed=21)
+    plain = engine_of(llama, max_num_seqs=8)
+    expected = plain.generate(prompts, GREEDY)
+    full = [p + e for p, e in zip(prompts, expected, strict=True)]
+    # Drafts right at first, then wrong: rows verify different numbers of drafts.
+    oracle = Oracle(full, num_tokens=3)
+    spec = engine_of(llama, max_num_seqs=8, speculative=oracle)
+    runner = spec.runner
+    assert runner.verify_width == 4 and not runner.verify_graphs  # no graphs on the CPU
+    real = runner.logits
+    widths: set[int] = set()  # row widths of the steps compared
+
+    def checked(step: Any, rows: Any, verify: Any = None) -> Any:
+        if verify is not None and runner.verify_fits(step, rows):
+            # Padding rows too: the bucket is larger than the step.
+            padded = _padded_logits(runner, step, rows, len(step.query_lens) + 3)
+            eager = real(step, rows, verify)
+            assert padded.shape == eager.shape
+            torch.testing.assert_close(padded, eager, rtol=1e-4, atol=1e-4)
+            widths.update(step.query_lens.tolist())
+            return eager
+        return real(step, rows, verify)
+
+    runner.logits = checked
+    assert spec.generate(prompts, GREEDY) == expected
+    assert len(widths) > 1  # steps were compared, with rows of several widths
+
+
+def test_verify_fits_only_steps_of_decoding_rows(llama: Path, engine_of: Any) -> None:
+    spec = engine_of(llama, max_num_seqs=4, speculative=NgramProposer(num_tokens=2))
+    runner = spec.runner
+    seen = {"prefill": 0, "verify": 0}
+    real = runner.logits
+
+    def watch(step: Any, rows: Any, verify: Any = None) -> Any:
+        fits = runner.verify_fits(step, rows)
+        if any(q > d + 1 for q, d in zip(step.query_lens, step.draft_lens, strict=True)):
+            assert not fits  # a prefill chunk is in the step
+            seen["prefill"] += 1
+        elif verify is not None:
+            assert fits == (int(step.context_lens.min()) >= 3)
+            seen["verify"] += int(fits)
+        return real(step, rows, verify)
+
+    runner.logits = watch
+    spec.generate(_prompts(4, seed=22), GREEDY)
+    assert seen["prefill"] > 0 and seen["verify"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_verifying_steps_replay_graphs_and_keep_greedy_output(llama: Path, engine_of: Any) -> None:
+    prompts = _prompts(6, seed=23)
+    plain = engine_of(llama, device="cuda", dtype=torch.float32, max_num_seqs=8)
+    expected = plain.generate(prompts, GREEDY)
+    full = [p + e for p, e in zip(prompts, expected, strict=True)]
+    for wrong in (False, True):
+        oracle = Oracle(full, num_tokens=4, wrong=wrong)
+        spec = engine_of(
+            llama, device="cuda", dtype=torch.float32, max_num_seqs=8, speculative=oracle
+        )
+        assert spec.runner.verify_graphs
+        assert spec.generate(prompts, GREEDY) == expected
+        assert spec.runner.verify_replays > 0
+        assert spec.stats().draft_tokens > 0

@@ -106,7 +106,13 @@ class GenerateEngine:
             num_blocks, block_size, max(max_num_batched_tokens, max_num_seqs), max_num_seqs
         )
         self.runner = ModelRunner(
-            decoder, num_blocks, block_size, max_num_seqs, self.max_model_len, cuda_graphs
+            decoder,
+            num_blocks,
+            block_size,
+            max_num_seqs,
+            self.max_model_len,
+            cuda_graphs,
+            speculative.num_tokens if speculative is not None else 0,
         )
         self._ids = itertools.count()
         self._speculation = Speculation(speculative) if speculative is not None else None

@@ -132,10 +132,17 @@ class Decoder(nn.Module):
         ]
 
     @torch.inference_mode()
-    def forward(self, step: StepBatch, cache: KVCache) -> Tensor:
-        """Float32 logits of the ``logits_indices`` rows, (N, vocab)."""
-        if self.fused:
-            return self._forward_fused(step, cache)
+    def forward(self, step: StepBatch, cache: KVCache, head: bool = True) -> Tensor:
+        """Float32 logits of the ``logits_indices`` rows, (N, vocab); without ``head``, their
+        final hidden states, (N, hidden), for ``head()`` to turn into logits later."""
+        h = self._forward_fused(step, cache) if self.fused else self._forward(step, cache)
+        return self.head(h) if head else h
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """Float32 logits of final hidden states."""
+        return F.linear(hidden, self.lm_head).float()
+
+    def _forward(self, step: StepBatch, cache: KVCache) -> Tensor:
         cfg = self.cfg
         t = step.input_ids.shape[0]
         cos = self.cos[step.positions].unsqueeze(1)  # type: ignore[index]
@@ -156,8 +163,7 @@ class Decoder(nn.Module):
             h = _rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
-        x = _rms_norm(x[step.logits_indices], self.norm, cfg.rms_norm_eps)
-        return F.linear(x, self.lm_head).float()
+        return _rms_norm(x[step.logits_indices], self.norm, cfg.rms_norm_eps)
 
     def _attend(
         self, step: StepBatch, q: Tensor, k: Tensor, v: Tensor, cache: tuple[Tensor, Tensor]
@@ -199,7 +205,7 @@ class Decoder(nn.Module):
             h, x = rms_norm(layer.o(o), layer.post_norm, eps, residual=x)
             mlp = layer.down(silu_mul(layer.gate_up(h)))
             h, x = rms_norm(mlp, next_norm, eps, residual=x)
-        return F.linear(h[step.logits_indices], self.lm_head).float()
+        return h[step.logits_indices]
 
     def load(self, tensors: Iterable[tuple[str, Tensor]]) -> None:
         """Loads Hugging Face-named weights; GenerationError names what is missing or unknown."""

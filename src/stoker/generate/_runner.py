@@ -2,8 +2,13 @@
 
 Steps that only decode run as CUDA graph replays, one graph per batch-size bucket, padded to the
 bucket: padding rows decode a dummy token into a scratch block that no sequence owns, so they
-never touch live KV. Every other step (prefill chunks, mixed steps) runs eagerly. A step's
-integer arrays travel to the device in one copy from a pinned staging buffer.
+never touch live KV. With speculative decoding, steps whose every row decodes with up to k drafts
+replay graphs too: each row is k + 1 query tokens wide, its own tokens at the end and padding
+tokens in front. A padding token sits at a position the row already has KV for and writes its
+KV to the scratch block, so the row's own tokens see exactly the keys they would see unpadded.
+Those graphs stop at the final hidden states; the head runs on the rows verification needs.
+Every other step (prefill chunks, mixed steps) runs eagerly. A step's integer arrays travel to
+the device in one copy from a pinned staging buffer.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ def graph_buckets(max_num_seqs: int) -> list[int]:
 
 
 class _Graph:
-    def __init__(self, graph: torch.cuda.CUDAGraph, logits: Tensor) -> None:
-        self.graph, self.logits = graph, logits
+    def __init__(self, graph: torch.cuda.CUDAGraph, out: Tensor) -> None:
+        self.graph, self.out = graph, out
 
 
 class ModelRunner:
@@ -47,6 +52,7 @@ class ModelRunner:
         max_num_seqs: int,
         max_model_len: int,
         cuda_graphs: bool = True,
+        draft_tokens: int = 0,
     ) -> None:
         self.model, self.block_size = model, block_size
         self.device = model.device
@@ -59,6 +65,11 @@ class ModelRunner:
         self._staging = torch.empty(1 << 16, dtype=torch.int64, pin_memory=pin)
         self.graphs: dict[int, _Graph] = {}
         self.buckets: list[int] = []
+        # Rows of k + 1 tokens for steps verifying up to k drafts; padding tokens sit at the
+        # scratch block's first positions in padding rows, so a row must fit one block.
+        self.verify_width = draft_tokens + 1 if 0 < draft_tokens < block_size else 0
+        self.verify_graphs: dict[int, _Graph] = {}
+        self.verify_replays = 0
         # When a list, each step appends (start, logits done, end, rows, decode_only), the first
         # three CUDA events: the gaps between one step's end and the next one's start are the
         # GPU's idle time.
@@ -138,37 +149,103 @@ class ModelRunner:
         tables[:n, : src.shape[1]] = src
         return [ids, pos, slots, ctx, tables]
 
+    def verify_arrays(
+        self, step: SchedulerStep, bucket: int
+    ) -> tuple[list[npt.NDArray[np.int64]], npt.NDArray[np.int64]]:
+        """A verifying step's arrays, every row ``verify_width`` tokens wide with its own at the
+        end, and where each row's own tokens landed."""
+        w, n = self.verify_width, len(step.query_lens)
+        q = step.query_lens.astype(np.int64)
+        ctx = np.full(bucket, w, dtype=np.int64)
+        ctx[:n] = step.context_lens
+        starts = np.arange(n, dtype=np.int64) * w + w - q
+        own = np.repeat(starts, q) + np.arange(int(q.sum())) - np.repeat(np.cumsum(q) - q, q)
+        ids = np.zeros(bucket * w, dtype=np.int64)
+        ids[own] = step.input_ids
+        # Query token i of a row sits at context - w + i, where the attention places it.
+        pos = (ctx[:, None] - w + np.arange(w)).reshape(-1)
+        pos[own] = step.positions
+        slots = np.full(bucket * w, self.scratch * self.block_size, dtype=np.int64)
+        slots[own] = step.slot_mapping
+        tables = np.full((bucket, self.width), -1, dtype=np.int64)
+        tables[n:, 0] = self.scratch
+        src = step.block_tables
+        tables[:n, : src.shape[1]] = src
+        return [ids, pos, slots, ctx, tables], own
+
+    def verify_fits(self, step: SchedulerStep, rows: npt.NDArray[np.int64]) -> bool:
+        """Every row samples and decodes with at most k drafts, after at least k + 1 tokens."""
+        n, w = len(step.query_lens), self.verify_width
+        return (
+            w > 0
+            and len(rows) == n
+            and n <= self.max_num_seqs
+            and bool(np.all(step.query_lens == step.draft_lens + 1))
+            and int(step.query_lens.max(initial=0)) <= w
+            and int(step.context_lens.min(initial=w)) >= w
+        )
+
+    @staticmethod
+    def verified(
+        step: SchedulerStep, rows: npt.NDArray[np.int64], own: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
+        """Where the ``rows``' tokens landed (``own``: every row's, in step order), rows in the
+        order asked: the tokens whose logits verification needs."""
+        q = step.query_lens.astype(np.int64)
+        ends = np.cumsum(q)
+        return np.concatenate([own[ends[r] - q[r] : ends[r]] for r in rows.tolist()])
+
     # -- graphs ------------------------------------------------------------------------------
 
     def _capture(self, buckets: list[int]) -> None:
-        top = buckets[-1]
+        top, w = buckets[-1], max(self.verify_width, 1)
+        d = self.device
+        # Token arrays are wide enough for verifying rows; decode graphs read their first rows.
         self._static = [
-            torch.zeros(top, dtype=torch.int64, device=self.device),  # ids
-            torch.zeros(top, dtype=torch.int64, device=self.device),  # positions
-            torch.full((top,), self.scratch * self.block_size, device=self.device),  # slots
-            torch.ones(top, dtype=torch.int64, device=self.device),  # context lens
-            torch.full((top, self.width), self.scratch, device=self.device),  # tables
+            torch.zeros(top * w, dtype=torch.int64, device=d),  # ids
+            torch.zeros(top * w, dtype=torch.int64, device=d),  # positions
+            torch.full((top * w,), self.scratch * self.block_size, device=d),  # slots
+            torch.full((top,), w, dtype=torch.int64, device=d),  # context lens
+            torch.full((top, self.width), self.scratch, device=d),  # tables
         ]
         # Graphs hold raw pointers, not references: every input they read must outlive them.
-        cu = self._cu = torch.arange(top + 1, dtype=torch.int32, device=self.device)
-        rows = self._rows = torch.arange(top, dtype=torch.int64, device=self.device)
+        self._cu = torch.arange(top + 1, dtype=torch.int32, device=d)
+        self._rows = torch.arange(top * w, dtype=torch.int64, device=d)
+        self._cu_verify = self._cu * w
         pool = torch.cuda.graph_pool_handle()
         for bucket in sorted(buckets, reverse=True):
-            ids, pos, slots, ctx, tables = (s[:bucket] for s in self._static)
-            batch = StepBatch(
-                ids, pos, slots, cu[: bucket + 1], ctx.int(), tables.int(), rows[:bucket], 1
-            )
-            self.model(batch, self.cache)  # compiles kernels and settles the allocator
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                # The casts are inside the graph so that replays read the static int64 inputs.
-                batch.context_lens = ctx.int()
-                batch.block_tables = tables.int()
-                logits = self.model(batch, self.cache)
-            self.graphs[bucket] = _Graph(graph, logits)
+            self.graphs[bucket] = self._graph(bucket, 1, self._cu, pool)
+        if self.verify_width:
+            for bucket in sorted(buckets, reverse=True):
+                self.verify_graphs[bucket] = self._graph(bucket, w, self._cu_verify, pool)
         self.buckets = sorted(self.graphs)
         torch.cuda.synchronize()
+
+    def _graph(self, bucket: int, width: int, cu: Tensor, pool: Any) -> _Graph:
+        """A step of ``bucket`` rows of ``width`` query tokens each: logits of every row's last
+        token when ``width`` is 1, else the hidden states of every token."""
+        tokens = bucket * width
+        ids, pos, slots = (s[:tokens] for s in self._static[:3])
+        ctx, tables = (s[:bucket] for s in self._static[3:])
+        rows = self._rows[:bucket] if width == 1 else self._rows[:tokens]
+        batch = StepBatch(ids, pos, slots, cu[: bucket + 1], ctx.int(), tables.int(), rows, width)
+        head = width == 1
+        self.model(batch, self.cache, head)  # compiles kernels and settles the allocator
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            # The casts are inside the graph so that replays read the static int64 inputs.
+            batch.context_lens = ctx.int()
+            batch.block_tables = tables.int()
+            out = self.model(batch, self.cache, head)
+        return _Graph(graph, out)
+
+    def _replay(self, graphs: dict[int, _Graph], bucket: int, values: list[Tensor]) -> Tensor:
+        for static, value in zip(self._static, values, strict=True):
+            static[: value.shape[0]].copy_(value)
+        graph = graphs[bucket]
+        graph.graph.replay()
+        return graph.out
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -195,13 +272,14 @@ class ModelRunner:
         decode_only = len(step.input_ids) == n and len(rows) == n
         if decode_only and self.buckets and n <= self.buckets[-1]:
             bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
-            for static, value in zip(
-                self._static, self._upload(self._decode_arrays(step, bucket)), strict=True
-            ):
-                static[:bucket].copy_(value)
-            graph = self.graphs[bucket]
-            graph.graph.replay()
-            return graph.logits[:n]
+            values = self._upload(self._decode_arrays(step, bucket))
+            return self._replay(self.graphs, bucket, values)[:n]
+        if verify is not None and self.verify_graphs and self.verify_fits(step, rows):
+            bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
+            arrays, own = self.verify_arrays(step, bucket)
+            *values, index = self._upload([*arrays, self.verified(step, rows, own)])
+            self.verify_replays += 1
+            return self.model.head(self._replay(self.verify_graphs, bucket, values)[index])
         logits: Tensor = self.model(self._batch(step, rows, verify), self.cache)
         return logits
 

@@ -48,7 +48,10 @@ class TokenHistory:
 
 class Proposer(Protocol):
     """Draft tokens for each sequence's next step, from its tokens so far (prompt and output),
-    for all the sequences of a step at once."""
+    for all the sequences of a step at once: at most ``num_tokens`` per sequence (steps with
+    more run without CUDA graphs)."""
+
+    num_tokens: int
 
     def propose(self, histories: Sequence[TokenHistory]) -> list[list[int]]: ...
 
