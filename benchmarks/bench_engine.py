@@ -134,7 +134,7 @@ def header(args: argparse.Namespace) -> None:
     print(f"# stoker engine benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(
         f"machine: {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"stoker threads {stoker.get_num_threads()}"
+        f"stoker threads {stoker.get_num_threads()} (niceness {stoker.get_thread_niceness()})"
     )
     if torch.cuda.is_available():
         print(f"device: {torch.cuda.get_device_name()}")
@@ -240,6 +240,9 @@ def main() -> None:
     p.add_argument("--delay-ms", type=float, default=2.0)
     p.add_argument("--slots", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="stoker's native threads")
+    p.add_argument(
+        "--pool-nice", type=int, default=0, help="nice levels of stoker's native threads"
+    )
     p.add_argument("--reduce-gap", type=float, default=None)
     p.add_argument("--gpu-decode", default=None, help="GPU decode share (0..1) or 'auto'")
     p.add_argument(
@@ -256,6 +259,8 @@ def main() -> None:
     args = p.parse_args()
     if args.threads is not None:
         stoker.set_num_threads(args.threads)
+    if args.pool_nice:
+        stoker.set_thread_niceness(args.pool_nice)
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval / 1000)
     cuda = args.device == "cuda"

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -339,6 +340,40 @@ def test_set_num_threads_invalid(restore_num_threads: int) -> None:
         with pytest.raises((ValueError, TypeError, OverflowError)):
             stoker.set_num_threads(bad)
     assert stoker.get_num_threads() == restore_num_threads
+
+
+def _pool_niceness() -> list[int]:
+    """The nice value of each native pool worker (Linux keeps one per thread)."""
+    tasks = Path("/proc/self/task")
+    return [
+        os.getpriority(os.PRIO_PROCESS, int(t.name))
+        for t in tasks.iterdir()
+        if (t / "comm").read_text().strip() == "stoker-pool"
+    ]
+
+
+def test_thread_niceness_lowers_only_the_pool(restore_num_threads: int) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    spec = _spec()
+    images = _images(6)
+    expected = stoker.preprocess_batch(images, spec)
+    try:
+        stoker.set_thread_niceness(5)
+        assert stoker.get_thread_niceness() == 5
+        assert stoker.get_num_threads() == restore_num_threads
+        assert set(_pool_niceness()) == {min(base + 5, 19)}
+        assert len(_pool_niceness()) == restore_num_threads
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the caller keeps its priority
+        assert torch.equal(stoker.preprocess_batch(images, spec), expected)
+        stoker.set_num_threads(3)  # a resized pool keeps the niceness
+        assert stoker.get_thread_niceness() == 5 and set(_pool_niceness()) == {min(base + 5, 19)}
+        for bad in (-1, 20):
+            with pytest.raises(ValueError, match="niceness"):
+                stoker.set_thread_niceness(bad)
+        assert stoker.get_thread_niceness() == 5 and stoker.get_num_threads() == 3
+    finally:
+        stoker.set_thread_niceness(0)
+    assert set(_pool_niceness()) == {base}
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,22 @@ std::shared_ptr<ThreadPool> pool() {
   return current_pool;
 }
 
+namespace {
+
+void replace_pool(size_t threads, int niceness) {
+  // Built before the old one goes: a refused niceness leaves the pool as it was.
+  auto fresh = std::make_shared<ThreadPool>(threads, niceness);
+  std::shared_ptr<ThreadPool> old;
+  {
+    std::lock_guard<std::mutex> lock(pool_mutex);
+    old = std::move(current_pool);
+    current_pool = std::move(fresh);
+  }
+  old.reset();  // waits for the old pool's batches, then joins its threads
+}
+
+}  // namespace
+
 HostArena& arena() {
   // Never destroyed: pinned blocks must not be unregistered after the CUDA runtime shut down.
   static HostArena* instance = new HostArena();
@@ -44,17 +60,20 @@ void register_runtime(nb::module_& m) {
       "set_num_threads",
       [](int n) {
         if (n < 1) throw std::invalid_argument("the number of threads must be at least 1");
-        std::shared_ptr<ThreadPool> old;
-        {
-          std::lock_guard<std::mutex> lock(pool_mutex);
-          old = std::move(current_pool);
-          current_pool = std::make_shared<ThreadPool>(size_t(n));
-        }
-        old.reset();  // waits for the old pool's batches, then joins its threads
+        replace_pool(size_t(n), pool()->niceness());
       },
       nb::arg("n"), nb::call_guard<nb::gil_scoped_release>(),
       "Resize the native worker pool (waits for running batches).");
   m.def("get_num_threads", [] { return pool()->size(); }, "Size of the native worker pool.");
+  m.def(
+      "set_thread_niceness", [](int niceness) { replace_pool(pool()->size(), niceness); },
+      nb::arg("niceness"), nb::call_guard<nb::gil_scoped_release>(),
+      "Run the native worker pool `niceness` nice levels (0..19) below the calling thread, so\n"
+      "that Python threads feeding a GPU win a core from batch work (waits for running "
+      "batches).");
+  m.def(
+      "get_thread_niceness", [] { return pool()->niceness(); },
+      "How many nice levels the native worker pool runs below the thread that made it.");
   m.def(
       "wait_idle", [] { pool()->wait_idle(); }, nb::call_guard<nb::gil_scoped_release>(),
       "Block until no batch is running.");

@@ -1,6 +1,13 @@
 #include "core/thread_pool.hpp"
 
+#include <sys/resource.h>
+
 #include <atomic>
+#include <cerrno>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 
 #include "core/thread_name.hpp"
 
@@ -14,14 +21,57 @@ struct ThreadPool::Job {
   std::function<void()> done;
 };
 
-ThreadPool::ThreadPool(size_t threads) {
+namespace {
+
+// On Linux the nice value belongs to the thread, and PRIO_PROCESS with id 0 names the caller.
+int lower_this_thread(int niceness) {
+  errno = 0;
+  const int now = getpriority(PRIO_PROCESS, 0);
+  if (now == -1 && errno != 0) return errno;
+  return setpriority(PRIO_PROCESS, 0, now + niceness) == 0 ? 0 : errno;
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(size_t threads, int niceness) : niceness_(niceness) {
+  if (niceness < 0 || niceness > 19) {
+    throw std::invalid_argument("niceness must be in 0..19, got " + std::to_string(niceness));
+  }
   if (threads == 0) threads = 1;
+  // Each worker reports whether its priority took before the pool is handed out. The workers
+  // share the report's state, so a late one never touches this frame after it returned.
+  struct Startup {
+    std::mutex mutex;
+    std::condition_variable cv;
+    size_t started = 0;
+    int failure = 0;
+  };
+  auto startup = std::make_shared<Startup>();
   workers_.reserve(threads);
   for (size_t w = 0; w < threads; ++w)
-    workers_.emplace_back([this, w] {
+    workers_.emplace_back([this, w, niceness, startup] {
       name_this_thread("stoker-pool");
+      const int error = niceness > 0 ? lower_this_thread(niceness) : 0;
+      {
+        std::lock_guard<std::mutex> lock(startup->mutex);
+        ++startup->started;
+        if (error != 0) startup->failure = error;
+      }
+      startup->cv.notify_one();
       worker_loop(w);
     });
+  std::unique_lock<std::mutex> lock(startup->mutex);
+  startup->cv.wait(lock, [&] { return startup->started == threads; });
+  if (const int failure = startup->failure; failure != 0) {
+    lock.unlock();
+    {
+      std::lock_guard<std::mutex> pool_lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread& t : workers_) t.join();
+    throw std::system_error(failure, std::generic_category(), "lowering the workers' priority");
+  }
 }
 
 ThreadPool::~ThreadPool() {

@@ -1,8 +1,10 @@
 // ThreadPool, run_batch / run_batch_async and HostArena.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <future>
@@ -83,6 +85,32 @@ TEST(ThreadPool, EveryIndexOnceDoneAfterAll) {
       ASSERT_EQ(st.hits[i].load(), 1) << "job " << j << " index " << i;
     }
   }
+}
+
+TEST(ThreadPool, WorkersRunNiceLevelsBelowTheirCreator) {
+  errno = 0;
+  const int base = getpriority(PRIO_PROCESS, 0);
+  ASSERT_EQ(errno, 0);
+  constexpr int kWorkers = 3;
+  for (const int niceness : {0, 4}) {
+    ThreadPool pool(kWorkers, niceness);
+    EXPECT_EQ(pool.niceness(), niceness);
+    std::vector<int> seen(64, -100);
+    std::promise<void> finished;
+    pool.submit(
+        seen.size(),
+        [&](size_t i, size_t) {
+          seen[i] = getpriority(PRIO_PROCESS, 0);
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        },
+        [&] { finished.set_value(); });
+    finished.get_future().wait();
+    for (const int nice : seen) EXPECT_EQ(nice, std::min(base + niceness, 19));
+  }
+  // The creating thread keeps its own priority.
+  EXPECT_EQ(getpriority(PRIO_PROCESS, 0), base);
+  EXPECT_THROW(ThreadPool(1, -1), std::invalid_argument);
+  EXPECT_THROW(ThreadPool(1, 20), std::invalid_argument);
 }
 
 TEST(ThreadPool, WaitIdleWaitsForSlowJobs) {

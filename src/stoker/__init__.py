@@ -32,11 +32,13 @@ from stoker._preprocess import (
     ImageInfo,
     decode,
     get_num_threads,
+    get_thread_niceness,
     image_info,
     preprocess_batch,
     preprocess_batch_async,
     preprocess_batch_numpy,
     set_num_threads,
+    set_thread_niceness,
 )
 from stoker._spec import IMAGENET_MEAN, IMAGENET_STD, ImageSpec
 from stoker._stats import STAGES, HistogramSnapshot, Timings
@@ -66,10 +68,12 @@ __all__ = [
     "UnsupportedImageError",
     "decode",
     "get_num_threads",
+    "get_thread_niceness",
     "image_info",
     "preprocess_batch",
     "preprocess_batch_async",
     "preprocess_batch_numpy",
     "set_num_threads",
+    "set_thread_niceness",
     "top_k",
 ]

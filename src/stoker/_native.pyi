@@ -60,6 +60,17 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Size of the native worker pool."""
 
+def set_thread_niceness(niceness: int) -> None:
+    """
+    Run the native worker pool `niceness` nice levels (0..19) below the calling thread, so
+    that Python threads feeding a GPU win a core from batch work (waits for running batches).
+    """
+
+def get_thread_niceness() -> int:
+    """
+    How many nice levels the native worker pool runs below the thread that made it.
+    """
+
 def wait_idle() -> None:
     """Block until no batch is running."""
 

@@ -23,11 +23,13 @@ __all__ = [
     "ImageInfo",
     "decode",
     "get_num_threads",
+    "get_thread_niceness",
     "image_info",
     "preprocess_batch",
     "preprocess_batch_async",
     "preprocess_batch_numpy",
     "set_num_threads",
+    "set_thread_niceness",
 ]
 
 SUPPORTED_FORMATS: tuple[str, ...] = tuple(_native.supported_formats())
@@ -204,3 +206,19 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Size of the native worker pool."""
     return int(_native.get_num_threads())
+
+
+def set_thread_niceness(niceness: int) -> None:
+    """Run the native worker pool ``niceness`` nice levels (0..19) below the calling thread.
+
+    Where the same cores run the pool's batch work and Python threads that feed a GPU (the
+    engine's device and GPU-decode threads, the callers' event loop), a positive value lets those
+    threads win a core at once instead of waiting for a worker's time slice. Rebuilds the pool
+    (waits for running batches); ValueError outside 0..19.
+    """
+    _native.set_thread_niceness(niceness)
+
+
+def get_thread_niceness() -> int:
+    """How many nice levels the native worker pool runs below the thread that made it."""
+    return int(_native.get_thread_niceness())
