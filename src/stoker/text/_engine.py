@@ -306,13 +306,15 @@ class TextEngine(CallerAPI[str, TextTimings]):
         if cuda:
             flight.start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             flight.done = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            flight.start.record()
+        # The start event goes after the inputs' copy: compute is the model's time alone.
         with torch.inference_mode():
             if self.graphs is not None:
-                flight.output = self.graphs.run(ids, mask)
+                flight.output = self.graphs.run(ids, mask, flight.start)
             if flight.output is None:
                 ids_t = torch.from_numpy(ids).to(self.device, non_blocking=cuda)
                 mask_t = torch.from_numpy(mask).to(self.device, non_blocking=cuda)
+                if flight.start is not None:
+                    flight.start.record()
                 flight.output = self.model(ids_t, mask_t)
         if flight.done is not None:
             flight.done.record()

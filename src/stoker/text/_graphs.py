@@ -99,9 +99,15 @@ class EncoderGraphs:
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def run(self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> torch.Tensor | None:
+    def run(
+        self,
+        ids: npt.NDArray[np.int64],
+        mask: npt.NDArray[np.bool_],
+        start: torch.cuda.Event | None = None,
+    ) -> torch.Tensor | None:
         """The embeddings of the (rows, length) batch on the current stream, or None when no
-        graph has that length or enough rows."""
+        graph has that length or enough rows. ``start`` is recorded between the inputs' copy and
+        the replay."""
         rows, length = ids.shape
         batch = next((b for b in self.batch_sizes if b >= rows), None)
         g = self._graphs.get((batch, length)) if batch is not None else None
@@ -116,6 +122,8 @@ class EncoderGraphs:
         g.ids[:rows].copy_(host_ids[:cells].view(rows, length), non_blocking=True)
         g.mask[:rows].copy_(host_mask[:cells].view(rows, length), non_blocking=True)
         copied.record()
+        if start is not None:
+            start.record()
         g.graph.replay()
         self.replays += 1
         # The output lives in the graphs' pool, which the next replay overwrites.
