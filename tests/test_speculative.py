@@ -227,13 +227,12 @@ def _padded_logits(runner: Any, step: Any, rows: Any, bucket: int) -> Any:
     """The logits of a verifying step run padded, as its CUDA graph runs it, but eagerly."""
     from stoker.generate._model import StepBatch
 
-    arrays, own = runner.verify_arrays(step, bucket)
-    ids, pos, slots, ctx, tables = (torch.from_numpy(a) for a in arrays)
+    ids, pos, slots, ctx, tables = (torch.from_numpy(a) for a in runner.verify_arrays(step, bucket))
     w = runner.verify_width
     cu = (torch.arange(bucket + 1) * w).int()
     batch = StepBatch(ids, pos, slots, cu, ctx.int(), tables.int(), torch.arange(bucket * w), w)
     hidden = runner.model(batch, runner.cache, False)
-    return runner.model.head(hidden[torch.from_numpy(runner.verified(step, rows, own))])
+    return runner.model.head(hidden[torch.from_numpy(runner.verify_index(step, rows))])
 
 
 def test_padded_verifying_rows_see_what_unpadded_rows_see(llama: Path, engine_of: Any) -> None:

@@ -143,23 +143,24 @@ class ModelRunner:
         slots[:n] = step.slot_mapping
         ctx = np.ones(bucket, dtype=np.int64)
         ctx[:n] = step.context_lens
+        return [ids, pos, slots, ctx, self._padded_tables(step, bucket)]
+
+    def _padded_tables(self, step: SchedulerStep, bucket: int) -> npt.NDArray[np.int64]:
+        """The step's block tables at the full width, padding rows on the scratch block."""
+        n = len(step.query_lens)
         tables = np.full((bucket, self.width), -1, dtype=np.int64)
         tables[n:, 0] = self.scratch
         src = step.block_tables
         tables[:n, : src.shape[1]] = src
-        return [ids, pos, slots, ctx, tables]
+        return tables
 
-    def verify_arrays(
-        self, step: SchedulerStep, bucket: int
-    ) -> tuple[list[npt.NDArray[np.int64]], npt.NDArray[np.int64]]:
+    def verify_arrays(self, step: SchedulerStep, bucket: int) -> list[npt.NDArray[np.int64]]:
         """A verifying step's arrays, every row ``verify_width`` tokens wide with its own at the
-        end, and where each row's own tokens landed."""
+        end."""
         w, n = self.verify_width, len(step.query_lens)
-        q = step.query_lens.astype(np.int64)
+        own = self.verify_index(step, np.arange(n, dtype=np.int64))
         ctx = np.full(bucket, w, dtype=np.int64)
         ctx[:n] = step.context_lens
-        starts = np.arange(n, dtype=np.int64) * w + w - q
-        own = np.repeat(starts, q) + np.arange(int(q.sum())) - np.repeat(np.cumsum(q) - q, q)
         ids = np.zeros(bucket * w, dtype=np.int64)
         ids[own] = step.input_ids
         # Query token i of a row sits at context - w + i, where the attention places it.
@@ -167,11 +168,17 @@ class ModelRunner:
         pos[own] = step.positions
         slots = np.full(bucket * w, self.scratch * self.block_size, dtype=np.int64)
         slots[own] = step.slot_mapping
-        tables = np.full((bucket, self.width), -1, dtype=np.int64)
-        tables[n:, 0] = self.scratch
-        src = step.block_tables
-        tables[:n, : src.shape[1]] = src
-        return [ids, pos, slots, ctx, tables], own
+        return [ids, pos, slots, ctx, self._padded_tables(step, bucket)]
+
+    def verify_index(
+        self, step: SchedulerStep, rows: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
+        """Where the ``rows``' own tokens sit in the padded step, rows in the order asked: the
+        tokens whose logits verification needs."""
+        index: npt.NDArray[np.int64] = _verified_tokens(
+            (rows + 1) * self.verify_width, step.query_lens[rows].astype(np.int64) - 1
+        )
+        return index
 
     def verify_fits(self, step: SchedulerStep, rows: npt.NDArray[np.int64]) -> bool:
         """Every row samples and decodes with at most k drafts, after at least k + 1 tokens."""
@@ -184,16 +191,6 @@ class ModelRunner:
             and int(step.query_lens.max(initial=0)) <= w
             and int(step.context_lens.min(initial=w)) >= w
         )
-
-    @staticmethod
-    def verified(
-        step: SchedulerStep, rows: npt.NDArray[np.int64], own: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.int64]:
-        """Where the ``rows``' tokens landed (``own``: every row's, in step order), rows in the
-        order asked: the tokens whose logits verification needs."""
-        q = step.query_lens.astype(np.int64)
-        ends = np.cumsum(q)
-        return np.concatenate([own[ends[r] - q[r] : ends[r]] for r in rows.tolist()])
 
     # -- graphs ------------------------------------------------------------------------------
 
@@ -276,8 +273,8 @@ class ModelRunner:
             return self._replay(self.graphs, bucket, values)[:n]
         if verify is not None and self.verify_graphs and self.verify_fits(step, rows):
             bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
-            arrays, own = self.verify_arrays(step, bucket)
-            *values, index = self._upload([*arrays, self.verified(step, rows, own)])
+            arrays = self.verify_arrays(step, bucket)
+            *values, index = self._upload([*arrays, self.verify_index(step, rows)])
             self.verify_replays += 1
             return self.model.head(self._replay(self.verify_graphs, bucket, values)[index])
         logits: Tensor = self.model(self._batch(step, rows, verify), self.cache)
