@@ -169,6 +169,15 @@ class ReferenceKVBlocks:
         for i in range(settled // bs, n // bs):
             self._remember(s, i)
 
+    def confirm(self, seq: int, token: int) -> None:
+        s = self._get(seq)
+        self._check_tokens([token])
+        if not s.tentative:
+            raise RuntimeError(f"sequence {seq} has no tentative token")
+        settled = len(s.tokens) - s.tentative
+        s.tokens[settled] = token
+        self.settle(seq, settled + 1)
+
     def fork(self, parent: int, child: int) -> None:
         p = self._get(parent)
         if child in self._seqs:

@@ -30,6 +30,7 @@ class Step:
     copies: list[tuple[int, int]] = field(default_factory=list)
     sample: list[int] = field(default_factory=list)
     preempted: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -41,6 +42,9 @@ class _Seq:
     stop_token_ids: list[int]
     prefill_target: int = 0
     prefilling: bool = True
+    owed: int = 0
+    owed_row: int = 0
+    unconfirmed: bool = False
     draft: list[int] = field(default_factory=list)
 
 
@@ -58,8 +62,7 @@ class ReferenceScheduler:
         self._seqs: dict[int, _Seq] = {}
         self._waiting: deque[int] = deque()
         self._running: list[int] = []
-        self._awaiting: list[int] = []
-        self._awaiting_drafts: list[list[int]] = []
+        self._owed: deque[tuple[list[int], list[list[int]]]] = deque()  # (sample, drafts)
 
     @property
     def num_waiting(self) -> int:
@@ -92,7 +95,7 @@ class ReferenceScheduler:
         self._waiting.append(seq)
 
     def _check_idle(self, what: str) -> None:
-        if self._awaiting:
+        if self._owed:
             raise RuntimeError(f"{what} needs update() with the last step's tokens")
 
     def _room(self, seq: int) -> int:
@@ -108,6 +111,7 @@ class ReferenceScheduler:
             self.blocks.free(victim)
             self._running.remove(victim)
             self._seqs[victim].prefilling = True
+            self._seqs[victim].unconfirmed = False
             self._waiting.appendleft(victim)
             out.preempted.append(victim)
             if victim == seq:
@@ -130,21 +134,27 @@ class ReferenceScheduler:
         if copy is not None:
             out.copies.append(copy)
 
-    def _emit(self, seq: int, start: int, end: int, out: Step, draft_len: int = 0) -> None:
+    def _emit(
+        self, seq: int, start: int, end: int, out: Step, draft_len: int = 0, pending: int = -1
+    ) -> None:
         s = self._seqs[seq]
         positions = list(range(start, end))
-        out.input_ids += (s.tokens + s.draft)[start:end]
+        out.input_ids += (s.tokens + ([0] if pending >= 0 else s.draft))[start:end]
         out.positions += positions
         out.slot_mapping += self.blocks.slot_mapping(seq, positions)
         out.seq_ids.append(seq)
         out.query_lens.append(end - start)
         out.context_lens.append(end)
         out.draft_lens.append(draft_len)
+        out.pending.append(pending)
         if not s.prefilling:
             out.sample.append(seq)
 
     def schedule(self) -> Step:
-        self._check_idle("schedule()")
+        if len(self._owed) > 1:
+            raise RuntimeError("schedule() needs update() with an earlier step's tokens")
+        if self._owed and any(self._owed[-1][1]):
+            raise RuntimeError("schedule() ahead of a step with drafts needs its update() first")
         out = Step()
         scheduled: set[int] = set()
         budget = self.max_tokens
@@ -154,13 +164,18 @@ class ReferenceScheduler:
         while i < len(self._running):
             seq = self._running[i]
             i += 1
-            if self._seqs[seq].prefilling:
+            s = self._seqs[seq]
+            if s.prefilling:
+                continue
+            ahead = s.owed > 0
+            if ahead and len(s.tokens) - s.prompt_len + 1 >= s.max_new_tokens:
+                scheduled.add(seq)
                 continue
             if not self._make_room(seq, self.blocks.can_append, scheduled, out):
                 break
-            s = self._seqs[seq]
             n = self.blocks.num_tokens(seq)
-            self._append(seq, s.tokens[n], out)
+            self._append(seq, 0 if ahead else s.tokens[n], out, ahead)
+            s.unconfirmed = ahead
             decoders -= 1
             left = s.max_new_tokens - (len(s.tokens) - s.prompt_len) - 1
             k = 0
@@ -170,7 +185,7 @@ class ReferenceScheduler:
                 self._append(seq, s.draft[k], out, tentative=True)
                 k += 1
             del s.draft[k:]
-            self._emit(seq, n, n + 1 + k, out, k)
+            self._emit(seq, n, n + 1 + k, out, k, s.owed_row if ahead else -1)
             scheduled.add(seq)
             spare -= k
             budget -= 1 + k
@@ -199,6 +214,8 @@ class ReferenceScheduler:
         ):
             seq = self._waiting[0]
             s = self._seqs[seq]
+            if s.owed:
+                break
             n = min(len(s.tokens), budget)
             cached = self.blocks.allocate(seq, s.tokens[:n])
             if cached is None:
@@ -214,19 +231,23 @@ class ReferenceScheduler:
         tables = [self.blocks.block_table(seq) for seq in out.seq_ids]
         width = max((len(t) for t in tables), default=0)
         out.block_tables = [t + [-1] * (width - len(t)) for t in tables]
-        self._awaiting = list(out.sample)
-        self._awaiting_drafts = [self._seqs[q].draft for q in self._awaiting]
+        if out.sample:
+            self._owed.append((list(out.sample), [self._seqs[q].draft for q in out.sample]))
+        for i, q in enumerate(out.sample):
+            self._seqs[q].owed += 1
+            self._seqs[q].owed_row = i
         for s in self._seqs.values():
             s.draft = []
         return out
 
     def update(self, sampled: list[int], counts: list[int] | None = None) -> list[Finished]:
-        rows = len(self._awaiting)
+        sample, drafts = self._owed[0] if self._owed else ([], [])
+        rows = len(sample)
         if counts is not None and len(counts) != rows:
             raise ValueError(f"expected {rows} counts, got {len(counts)}")
         per_row = list(counts) if counts is not None else [1] * rows
         total = 0
-        for seq, draft, c in zip(self._awaiting, self._awaiting_drafts, per_row, strict=True):
+        for seq, draft, c in zip(sample, drafts, per_row, strict=True):
             if not 1 <= c <= len(draft) + 1:
                 raise ValueError(
                     f"sequence {seq} carried {len(draft)} drafts, so it takes 1 to "
@@ -241,10 +262,13 @@ class ReferenceScheduler:
             raise ValueError("token ids must not be negative")
         finished: list[Finished] = []
         offset = 0
-        for seq, draft, c in zip(self._awaiting, self._awaiting_drafts, per_row, strict=True):
+        for seq, draft, c in zip(sample, drafts, per_row, strict=True):
             tokens = sampled[offset : offset + c]
             offset += c
+            if seq not in self._seqs:
+                continue
             s = self._seqs[seq]
+            s.owed -= 1
             if draft:
                 self.blocks.settle(seq, self.blocks.num_tokens(seq) - len(draft) + c - 1)
             reason = None
@@ -259,17 +283,23 @@ class ReferenceScheduler:
                 if reason is not None:
                     break
             if reason is None:
+                if s.unconfirmed:
+                    self.blocks.confirm(seq, tokens[0])
+                s.unconfirmed = False
                 continue
             finished.append((seq, s.tokens[s.prompt_len :], reason))
-            self.blocks.free(seq)
-            self._running.remove(seq)
+            if seq in self.blocks:
+                self.blocks.free(seq)
+            if seq in self._running:
+                self._running.remove(seq)
+            if seq in self._waiting:
+                self._waiting.remove(seq)
             del self._seqs[seq]
-        self._awaiting = []
-        self._awaiting_drafts = []
+        if self._owed:
+            self._owed.popleft()
         return finished
 
     def abort(self, seq: int) -> None:
-        self._check_idle("abort()")
         if seq not in self._seqs:
             raise IndexError(f"unknown sequence {seq}")
         del self._seqs[seq]

@@ -29,6 +29,7 @@ class Manager(Protocol):
         self, seq: int, token: int, tentative: bool = False
     ) -> tuple[bool, tuple[int, int] | None]: ...
     def settle(self, seq: int, n: int) -> None: ...
+    def confirm(self, seq: int, token: int) -> None: ...
     def fork(self, parent: int, child: int) -> None: ...
     def free(self, seq: int) -> None: ...
     def block_table(self, seq: int) -> Iterable[Any]: ...
@@ -322,3 +323,20 @@ def test_only_settled_drafts_fill_the_prefix_cache(make: Callable[[int, int], Ma
     m.settle(1, 2)
     assert m.num_cached_blocks == 1
     assert m.allocate(2, [5, 7, 1]) == 2  # the kept draft's block is found
+
+
+def test_a_confirmed_token_replaces_the_placeholder_in_the_prefix_cache(
+    make: Callable[[int, int], Manager],
+) -> None:
+    m = make(8, 2)
+    m.allocate(1, [5])
+    with pytest.raises(RuntimeError, match="no tentative"):
+        m.confirm(1, 6)
+    m.append_slot(1, 0, True)  # a slot for a token not sampled yet
+    assert m.num_cached_blocks == 0
+    with pytest.raises(ValueError):
+        m.confirm(1, -1)
+    m.confirm(1, 6)
+    assert m.num_cached_blocks == 1 and m.num_tokens(1) == 2
+    assert m.append_slot(1, 7) == (True, None)  # settled, so plain tokens follow
+    assert m.allocate(2, [5, 6, 9]) == 2 and m.allocate(3, [5, 0, 9]) == 0

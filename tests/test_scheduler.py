@@ -37,7 +37,7 @@ def plain(step: Any) -> dict[str, list[Any]]:
         "slot_mapping",
     ]
     out: dict[str, list[Any]] = {
-        f: [int(v) for v in getattr(step, f)] for f in [*fields, "sample", "preempted"]
+        f: [int(v) for v in getattr(step, f)] for f in [*fields, "sample", "preempted", "pending"]
     }
     out["block_tables"] = [[int(b) for b in row] for row in step.block_tables]
     out["copies"] = [tuple(int(b) for b in c) for c in step.copies]
@@ -72,7 +72,40 @@ def run_workload(seed: int, stats: Counter[str]) -> None:
     )
     prefixes = [[rng.randrange(8) for _ in range(rng.randint(1, 8))] for _ in range(3)]
     sampled_for: dict[int, list[int]] = {}
+    owed: list[dict[str, list[Any]]] = []  # scheduled steps whose tokens are still to come
+    ahead_rate = rng.choice([0.0, 0.5, 1.0])
     next_id = 0
+
+    def update() -> None:
+        got = owed.pop(0)
+        ends = np.cumsum(got["query_lens"])
+        rows = dict(zip(got["seq_ids"], zip(ends, got["draft_lens"], strict=True), strict=True))
+        tokens: list[int] = []
+        counts: list[int] = []
+        for seq in got["sample"]:
+            end, drafts = rows[seq]
+            accepted = rng.randint(0, drafts)
+            stats["drafts"] += drafts
+            stats["accepted"] += accepted
+            row = [*got["input_ids"][end - drafts : end - drafts + accepted], rng.randrange(12)]
+            tokens += row
+            counts.append(len(row))
+            if seq in sampled_for:  # else aborted, or stopped at an earlier step
+                sampled_for[seq] += row
+            else:
+                stats["ignored rows"] += 1
+        per_row = counts if any(c > 1 for c in counts) or rng.random() < 0.5 else None
+        if per_row and rng.random() < 0.05:  # a bad update changes nothing
+            bad = [*per_row[:-1], per_row[-1] + 1]
+            assert outcome(partial(native.update, tokens, bad))[0] == "error"
+            assert outcome(partial(ref.update, tokens, bad))[0] == "error"
+        finished = [(int(s), [int(t) for t in g], r) for s, g, r in native.update(tokens, per_row)]
+        assert finished == ref.update(tokens, per_row)
+        for seq, generated, reason in finished:
+            # Tokens past a stop condition are dropped.
+            assert generated == sampled_for.pop(seq)[: len(generated)]
+            stats[reason] += 1
+
     for _ in range(120):
         if rng.random() < 0.3:
             prompt = rng.choice(prefixes) + [rng.randrange(8) for _ in range(rng.randint(0, 10))]
@@ -95,41 +128,37 @@ def run_workload(seed: int, stats: Counter[str]) -> None:
                 proposed = outcome(partial(native.propose, seq, draft))
                 assert proposed == outcome(partial(ref.propose, seq, draft))
                 stats["proposals refused"] += proposed[0] == "error"
-        step = native.schedule()
+        scheduled, expected = outcome(native.schedule), outcome(ref.schedule)
+        assert scheduled[0] == expected[0]
+        if scheduled[0] == "error":  # ahead of a step with drafts
+            stats["ahead refused"] += 1
+            update()
+            scheduled, expected = ("ok", native.schedule()), ("ok", ref.schedule())
+        step = scheduled[1]
         check_native_dtypes(step)
         got = plain(step)
-        assert got == plain(ref.schedule())
+        assert got == plain(expected[1])
         stats["preempted"] += len(got["preempted"])
         stats["chunks"] += sum(s not in got["sample"] for s in got["seq_ids"])
         ends = np.cumsum(got["query_lens"])
-        rows = dict(zip(got["seq_ids"], zip(ends, got["draft_lens"], strict=True), strict=True))
-        tokens: list[int] = []
-        counts: list[int] = []
-        for seq in got["sample"]:
-            end, drafts = rows[seq]
-            if sampled_for[seq]:  # a decode or a recompute's input is the last sampled token
+        for seq, end, drafts, pending in zip(
+            got["seq_ids"], ends, got["draft_lens"], got["pending"], strict=True
+        ):
+            if pending >= 0:  # its input is the owed step's token, still to come
+                assert owed[-1]["sample"][pending] == seq and got["input_ids"][end - 1] == 0
+                stats["ahead"] += 1
+            elif seq in got["sample"] and sampled_for[seq]:
+                # A decode or a recompute's input is the last sampled token.
                 assert got["input_ids"][end - drafts - 1] == sampled_for[seq][-1]
-            accepted = rng.randint(0, drafts)
-            stats["drafts"] += drafts
-            stats["accepted"] += accepted
-            row = [*got["input_ids"][end - drafts : end - drafts + accepted], rng.randrange(12)]
-            tokens += row
-            counts.append(len(row))
-            sampled_for[seq] += row
-        per_row = counts if any(c > 1 for c in counts) or rng.random() < 0.5 else None
-        if per_row and rng.random() < 0.05:  # a bad update changes nothing
-            bad = [*per_row[:-1], per_row[-1] + 1]
-            assert outcome(partial(native.update, tokens, bad))[0] == "error"
-            assert outcome(partial(ref.update, tokens, bad))[0] == "error"
-        finished = [(int(s), [int(t) for t in g], r) for s, g, r in native.update(tokens, per_row)]
-        assert finished == ref.update(tokens, per_row)
-        for seq, generated, reason in finished:
-            # Tokens past a stop condition are dropped.
-            assert generated == sampled_for.pop(seq)[: len(generated)]
-            stats[reason] += 1
+        if got["sample"]:
+            owed.append(got)
+        while len(owed) > (1 if rng.random() < ahead_rate else 0):
+            update()
         assert (native.num_waiting, native.num_running) == (ref.num_waiting, ref.num_running)
         assert native.num_free_blocks == ref.blocks.num_free_blocks
         assert native.prefix_hits == ref.blocks.prefix_hits
+    while owed:
+        update()
 
 
 def test_random_workloads_match_the_reference() -> None:
@@ -138,6 +167,8 @@ def test_random_workloads_match_the_reference() -> None:
         run_workload(seed, stats)
     # The workloads must reach every policy, or matching the reference proves little.
     for what in ["preempted", "chunks", "eos", "stop", "length", "rejected", "drafts", "accepted"]:
+        assert stats[what] > 0, what
+    for what in ["ahead", "ahead refused", "ignored rows"]:
         assert stats[what] > 0, what
     assert stats["proposals refused"] > 0
 
@@ -157,6 +188,7 @@ def test_bad_input_is_rejected(make: Callable[..., Any]) -> None:
     with pytest.raises(IndexError):
         s.abort(7)
     assert [int(x) for x in s.schedule().sample] == [1]
+    assert [int(x) for x in s.schedule().pending] == [0]  # one step ahead, no further
     with pytest.raises(RuntimeError):
         s.schedule()
     with pytest.raises(ValueError):
@@ -261,3 +293,28 @@ def test_drafts_never_take_a_block_a_later_decode_row_may_need(make: Callable[..
         step = plain(s.schedule())
         # Sequence 1's drafts need a new block; one stays free for sequence 2's row.
         assert step["draft_lens"] == [drafts, 0] and step["preempted"] == []
+
+
+@pytest.mark.parametrize("make", MAKERS)
+def test_scheduling_ahead_of_the_last_steps_tokens(make: Callable[..., Any]) -> None:
+    s = make(16, 2, 8, 4)
+    s.add(1, [10, 11, 12], 3, 0)
+    s.add(2, [20, 21, 22], 5, 0)
+    assert plain(s.schedule())["sample"] == [1, 2]
+    b = plain(s.schedule())  # both decode the tokens still to come
+    assert b["input_ids"] == [0, 0] and b["pending"] == [0, 1] and b["positions"] == [3, 3]
+    with pytest.raises(RuntimeError):
+        s.propose(1, [4])
+    # Sequence 2 stops on eos; its row in b ran for nothing.
+    assert [(int(q), [int(t) for t in g], r) for q, g, r in s.update([13, 0])] == [(2, [0], "eos")]
+    c = plain(s.schedule())
+    assert c["seq_ids"] == [1] and c["pending"] == [0] and c["positions"] == [4]
+    assert s.update([14, 99]) == []  # sequence 2's token is ignored
+    # Sequence 1 reaches max_new_tokens with the token of c: no row for it.
+    assert plain(s.schedule())["seq_ids"] == []
+    assert [(int(q), [int(t) for t in g], r) for q, g, r in s.update([15])] == [
+        (1, [13, 14, 15], "length")
+    ]
+    # The confirmed tokens fill the prefix cache: 10 11 | 12 13 are hits.
+    s.add(3, [10, 11, 12, 13, 14, 7], 1)
+    assert plain(s.schedule())["positions"] == [4, 5]

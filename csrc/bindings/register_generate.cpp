@@ -121,6 +121,11 @@ void register_scheduler(nb::module_& m) {
           "The sequences update() expects a sampled token for, in this order.", kOwned)
       .def_prop_ro(
           "preempted", [](const SchedulerStep& s) { return to_numpy(std::vector(s.preempted)); },
+          kOwned)
+      .def_prop_ro(
+          "pending", [](const SchedulerStep& s) { return to_numpy(std::vector(s.pending)); },
+          "Per row (int32): -1, or the row of the owed step's sample whose token is this row's\n"
+          "input (scheduled ahead; the input id is 0 until the runner puts the token there).",
           kOwned);
 
   nb::class_<Scheduler>(
@@ -202,6 +207,8 @@ void register_generate(nb::module_& m) {
       .def("settle", &KVBlockManager::settle, nb::arg("seq"), nb::arg("n"),
            "Keeps the first n tokens (every settled one at least), releases the blocks past\n"
            "them and caches the full blocks they complete.")
+      .def("confirm", &KVBlockManager::confirm, nb::arg("seq"), nb::arg("token"),
+           "The first tentative token becomes `token` and is kept; any after it are dropped.")
       .def("fork", &KVBlockManager::fork, nb::arg("parent"), nb::arg("child"),
            "A new sequence sharing all of the parent's blocks.")
       .def("free", &KVBlockManager::free, nb::arg("seq"))

@@ -221,6 +221,17 @@ void KVBlockManager::settle(SeqId seq, int64_t n) {
   }
 }
 
+void KVBlockManager::confirm(SeqId seq, TokenId token) {
+  Sequence& s = find(seq);
+  check_tokens(std::span<const TokenId>(&token, 1));
+  if (s.tentative == 0) {
+    throw std::logic_error("sequence " + std::to_string(seq) + " has no tentative token");
+  }
+  const size_t settled = s.tokens.size() - s.tentative;
+  s.tokens[settled] = token;
+  settle(seq, int64_t(settled) + 1);
+}
+
 void KVBlockManager::fork(SeqId parent, SeqId child) {
   const Sequence& p = find(parent);
   if (seqs_.count(child) != 0) {

@@ -13,7 +13,9 @@
 //   shared, is evicted before its prefix.
 // - Tentative tokens (speculative drafts) take slots like any other but fill no cache entry: their
 //   blocks are cached only once settle() keeps them. settle() drops the rest, and the blocks that
-//   only the dropped tokens used go back to the pool.
+//   only the dropped tokens used go back to the pool. A tentative token can also stand for one not
+//   known yet (the scheduler's next step, scheduled before the last one's token is sampled):
+//   confirm() then gives it its value and settles it.
 // The manager is not thread-safe: its owner (one scheduler) serializes calls.
 #pragma once
 
@@ -74,6 +76,9 @@ class KVBlockManager {
   // Keeps the first n tokens, which must include every settled one (std::invalid_argument
   // otherwise), releases the blocks past them and caches the full blocks they complete.
   void settle(SeqId seq, int64_t n);
+  // The first tentative token becomes `token` and is kept, any after it dropped (settle()).
+  // std::logic_error when the sequence has none, std::invalid_argument for a negative token.
+  void confirm(SeqId seq, TokenId token);
   // The child shares every block of the parent, the partly filled last one included.
   void fork(SeqId parent, SeqId child);
   void free(SeqId seq);

@@ -19,7 +19,7 @@ Scheduler::Scheduler(int64_t num_blocks, int64_t block_size, int64_t max_num_bat
 }
 
 void Scheduler::check_idle(const char* what) const {
-  if (!awaiting_.empty()) {
+  if (!owed_.empty()) {
     throw std::logic_error(std::string(what) + " needs update() with the last step's tokens");
   }
 }
@@ -62,6 +62,7 @@ bool Scheduler::make_room(SeqId seq, Fits fits, SchedulerStep& out) {
     running_.erase(std::next(victim).base());
     Seq& s = seqs_.at(v);
     s.prefilling = true;
+    s.unconfirmed = false;
     waiting_.push_front(v);
     out.preempted.push_back(v);
     if (v == seq) return false;
@@ -85,24 +86,37 @@ void Scheduler::propose(SeqId seq, std::vector<TokenId> draft) {
 }
 
 void Scheduler::emit(SeqId seq, Seq& s, int64_t from, int64_t to, SchedulerStep& out,
-                     int32_t draft_len) {
+                     int32_t draft_len, int32_t pending) {
   // Every position in [from, to) got its slot from the block manager just before, so the block
   // table covers it; the slots are computed here rather than looked up one vector at a time.
   const std::vector<BlockId>& table = blocks_.block_table(seq);
   const int64_t bs = blocks_.block_size();
   const int64_t known = int64_t(s.tokens.size());
   for (int64_t p = from; p < to; ++p) {
-    out.input_ids.push_back(p < known ? s.tokens[size_t(p)] : s.draft[size_t(p - known)]);
+    TokenId token = 0;  // a pending token (scheduled ahead) is the only one past the known
+    if (p < known) {
+      token = s.tokens[size_t(p)];
+    } else if (pending < 0) {
+      token = s.draft[size_t(p - known)];
+    }
+    out.input_ids.push_back(token);
     out.positions.push_back(p);
     out.slot_mapping.push_back(int64_t(table[size_t(p / bs)]) * bs + p % bs);
   }
   out.seqs.push_back({seq, int32_t(to - from), int32_t(to), draft_len});
+  out.pending.push_back(pending);
   if (!s.prefilling) out.sample.push_back(seq);
   s.scheduled_in = steps_;
 }
 
 SchedulerStep Scheduler::schedule() {
-  check_idle("schedule()");
+  if (owed_.size() > 1) {
+    throw std::logic_error("schedule() needs update() with an earlier step's tokens");
+  }
+  if (!owed_.empty() && std::any_of(owed_.back().drafts.begin(), owed_.back().drafts.end(),
+                                    [](const auto& d) { return !d.empty(); })) {
+    throw std::logic_error("schedule() ahead of a step with drafts needs its update() first");
+  }
   ++steps_;
   SchedulerStep out;
   out.seqs.reserve(running_.size());
@@ -125,9 +139,16 @@ SchedulerStep Scheduler::schedule() {
     const SeqId seq = running_[i];
     Seq& s = seqs_.at(seq);
     if (s.prefilling) continue;
+    const bool ahead = s.owed > 0;
+    const int64_t generated = int64_t(s.tokens.size() - s.prompt_len);
+    if (ahead && generated + 1 >= s.params.max_new_tokens) {
+      s.scheduled_in = steps_;  // stops at the owed step: no row, and not worth preempting
+      continue;
+    }
     if (!make_room(seq, [&] { return blocks_.can_append(seq); }, out)) break;
     const int64_t n = blocks_.num_tokens(seq);
-    append(seq, s.tokens[size_t(n)]);
+    append(seq, ahead ? 0 : s.tokens[size_t(n)], ahead);
+    s.unconfirmed = ahead;
     --decoders;
     const int64_t left = s.params.max_new_tokens - int64_t(s.tokens.size() - s.prompt_len) - 1;
     const int64_t limit = std::min({int64_t(s.draft.size()), spare, left});
@@ -136,7 +157,7 @@ SchedulerStep Scheduler::schedule() {
       return !blocks_.append_needs_block(seq) || blocks_.num_free_blocks() > decoders;
     };
     for (; k < limit && fits(); ++k) append(seq, s.draft[size_t(k)], true);
-    emit(seq, s, n, n + 1 + k, out, int32_t(k));
+    emit(seq, s, n, n + 1 + k, out, int32_t(k), ahead ? s.owed_row : -1);
     if (k > 0) {
       s.draft.resize(size_t(k));
       drafts.emplace_back(out.sample.size() - 1, std::move(s.draft));
@@ -160,6 +181,7 @@ SchedulerStep Scheduler::schedule() {
          int64_t(running_.size()) < max_seqs_) {
     const SeqId seq = waiting_.front();
     Seq& s = seqs_.at(seq);
+    if (s.owed > 0) break;  // preempted while its last token is still to come
     const int64_t n = std::min(int64_t(s.tokens.size()), budget);
     const auto cached = blocks_.allocate(seq, std::span<const TokenId>(s.tokens.data(), size_t(n)));
     if (!cached) break;
@@ -181,9 +203,17 @@ SchedulerStep Scheduler::schedule() {
     out.block_tables.insert(out.block_tables.end(), table.begin(), table.end());
     out.block_tables.insert(out.block_tables.end(), size_t(out.table_width) - table.size(), -1);
   }
-  awaiting_ = out.sample;
-  awaiting_drafts_.assign(awaiting_.size(), {});
-  for (auto& [row, draft] : drafts) awaiting_drafts_[row] = std::move(draft);
+  if (!out.sample.empty()) {
+    Owed& owed = owed_.emplace_back();
+    owed.sample = out.sample;
+    owed.drafts.resize(out.sample.size());
+    for (auto& [row, draft] : drafts) owed.drafts[row] = std::move(draft);
+    for (size_t i = 0; i < out.sample.size(); ++i) {
+      Seq& s = seqs_.at(out.sample[i]);
+      ++s.owed;
+      s.owed_row = int32_t(i);
+    }
+  }
   for (SeqId seq : proposed_) {
     auto it = seqs_.find(seq);
     if (it != seqs_.end()) it->second.draft.clear();
@@ -194,7 +224,9 @@ SchedulerStep Scheduler::schedule() {
 
 std::vector<FinishedSeq> Scheduler::update(std::span<const TokenId> sampled,
                                            std::span<const int32_t> counts) {
-  const size_t rows = awaiting_.size();
+  static const Owed kNothing;
+  const Owed& owed = owed_.empty() ? kNothing : owed_.front();
+  const size_t rows = owed.sample.size();
   if (!counts.empty() && counts.size() != rows) {
     throw std::invalid_argument("expected " + std::to_string(rows) + " counts, got " +
                                 std::to_string(counts.size()));
@@ -202,9 +234,9 @@ std::vector<FinishedSeq> Scheduler::update(std::span<const TokenId> sampled,
   auto count = [&](size_t i) { return counts.empty() ? size_t(1) : size_t(counts[i]); };
   size_t total = 0;
   for (size_t i = 0; i < rows; ++i) {
-    const std::vector<TokenId>& draft = awaiting_drafts_[i];
+    const std::vector<TokenId>& draft = owed.drafts[i];
     if (!counts.empty() && (counts[i] < 1 || size_t(counts[i]) > draft.size() + 1)) {
-      throw std::invalid_argument("sequence " + std::to_string(awaiting_[i]) + " carried " +
+      throw std::invalid_argument("sequence " + std::to_string(owed.sample[i]) + " carried " +
                                   std::to_string(draft.size()) + " drafts, so it takes 1 to " +
                                   std::to_string(draft.size() + 1) + " tokens, not " +
                                   std::to_string(counts[i]));
@@ -212,7 +244,7 @@ std::vector<FinishedSeq> Scheduler::update(std::span<const TokenId> sampled,
     for (size_t j = 0; j + 1 < count(i) && total + j < sampled.size(); ++j) {
       if (sampled[total + j] != draft[j]) {
         throw std::invalid_argument("the accepted tokens of sequence " +
-                                    std::to_string(awaiting_[i]) + " differ from its draft");
+                                    std::to_string(owed.sample[i]) + " differ from its draft");
       }
     }
     total += count(i);
@@ -227,14 +259,17 @@ std::vector<FinishedSeq> Scheduler::update(std::span<const TokenId> sampled,
   std::vector<FinishedSeq> finished;
   size_t offset = 0;
   for (size_t i = 0; i < rows; ++i) {
-    const SeqId seq = awaiting_[i];
+    const SeqId seq = owed.sample[i];
     const size_t c = count(i);
     const std::span<const TokenId> tokens = sampled.subspan(offset, c);
     offset += c;
-    Seq& s = seqs_.at(seq);
-    if (!awaiting_drafts_[i].empty()) {
+    auto it = seqs_.find(seq);
+    if (it == seqs_.end()) continue;  // aborted, or stopped at an earlier step
+    Seq& s = it->second;
+    --s.owed;
+    if (!owed.drafts[i].empty()) {
       // KV stays for the input token and the accepted drafts, the first c - 1.
-      const int64_t drafts = int64_t(awaiting_drafts_[i].size());
+      const int64_t drafts = int64_t(owed.drafts[i].size());
       blocks_.settle(seq, blocks_.num_tokens(seq) - drafts + int64_t(c) - 1);
     }
     std::optional<FinishReason> reason;
@@ -250,20 +285,24 @@ std::vector<FinishedSeq> Scheduler::update(std::span<const TokenId> sampled,
       }
       if (reason) break;
     }
-    if (!reason) continue;
+    if (!reason) {
+      // The step scheduled ahead gave this token a slot before it was known.
+      if (s.unconfirmed) blocks_.confirm(seq, tokens[0]);
+      s.unconfirmed = false;
+      continue;
+    }
     finished.push_back(
         {seq, {s.tokens.begin() + ptrdiff_t(s.prompt_len), s.tokens.end()}, *reason});
-    blocks_.free(seq);
-    running_.erase(std::find(running_.begin(), running_.end(), seq));
-    seqs_.erase(seq);
+    if (blocks_.contains(seq)) blocks_.free(seq);
+    std::erase(running_, seq);
+    std::erase(waiting_, seq);  // preempted by the step scheduled ahead
+    seqs_.erase(it);
   }
-  awaiting_.clear();
-  awaiting_drafts_.clear();
+  if (!owed_.empty()) owed_.pop_front();
   return finished;
 }
 
 void Scheduler::abort(SeqId seq) {
-  check_idle("abort()");
   if (seqs_.erase(seq) == 0) throw std::out_of_range("unknown sequence " + std::to_string(seq));
   if (blocks_.contains(seq)) blocks_.free(seq);
   std::erase(running_, seq);

@@ -47,8 +47,19 @@
 //   the step's order, or with `counts`: a row with d drafts gets 1..d+1 tokens, the drafts it
 //   accepted (equal to the first ones proposed) and then the model's own. KV is kept for the
 //   input token and the accepted drafts; tokens go in one at a time, and those after a stop
-//   condition are dropped. A bad update() changes nothing. schedule() and abort() refuse to run
-//   while it is owed.
+//   condition are dropped. A bad update() changes nothing. propose() refuses to run while an
+//   update() is owed.
+// - Scheduling ahead: schedule() may run once more while one step's update() is owed, so that
+//   the next step is on its way before the last one's tokens are known. A sequence that samples
+//   in the owed step decodes in the new step with its token still unknown: its input id is 0 and
+//   `pending` names the owed step's sample row whose token the runner puts there; its slot is
+//   tentative until update() confirms the token. A sequence certain to stop at the owed step
+//   (it reaches max_new_tokens) gets no row and is not preempted; one that stops there on eos
+//   or a stop token has run one row for nothing, and update() ignores that row's token. A
+//   step's updates come in the order of the steps. No scheduling ahead of a step with drafts,
+//   and not more than one step ahead. abort() may run while updates are owed; the rows of an
+//   aborted sequence are ignored by them. Sequence ids must not be reused while a step that
+//   scheduled them is owed.
 // Not thread-safe: one engine loop owns it.
 #pragma once
 
@@ -88,6 +99,8 @@ struct SchedulerStep {
   std::vector<int64_t> slot_mapping;  // per input token
   std::vector<BlockCopy> copies;      // for the runner to do before the step
   std::vector<SeqId> sample;          // the sequences update() expects a token for, in this order
+  // Per row of seqs: -1, or the row of the owed step's sample whose token is this row's input.
+  std::vector<int32_t> pending;
   std::vector<SeqId> preempted;
 };
 
@@ -132,7 +145,14 @@ class Scheduler {
     size_t prefill_target = 0;  // tokens to prefill since the last admission
     bool prefilling = true;
     uint64_t scheduled_in = 0;  // the step that last scheduled it (steps count from 1)
+    int32_t owed = 0;           // owed steps that sample it
+    int32_t owed_row = 0;       // its row in the latest of them
+    bool unconfirmed = false;   // its last slot waits for the owed step's token
     std::vector<TokenId> draft;
+  };
+  struct Owed {
+    std::vector<SeqId> sample;
+    std::vector<std::vector<TokenId>> drafts;  // the drafts each row carried
   };
 
   void check_idle(const char* what) const;
@@ -142,7 +162,8 @@ class Scheduler {
   template <typename Fits>
   bool make_room(SeqId seq, Fits fits, SchedulerStep& out);
   // Positions past the sequence's tokens take their tokens from its draft.
-  void emit(SeqId seq, Seq& s, int64_t from, int64_t to, SchedulerStep& out, int32_t draft_len = 0);
+  void emit(SeqId seq, Seq& s, int64_t from, int64_t to, SchedulerStep& out, int32_t draft_len = 0,
+            int32_t pending = -1);
 
   KVBlockManager blocks_;
   int64_t max_tokens_;
@@ -150,8 +171,7 @@ class Scheduler {
   std::unordered_map<SeqId, Seq> seqs_;
   std::deque<SeqId> waiting_;
   std::vector<SeqId> running_;  // admission order
-  std::vector<SeqId> awaiting_;
-  std::vector<std::vector<TokenId>> awaiting_drafts_;  // the drafts each awaited row carried
+  std::deque<Owed> owed_;       // oldest first, at most two
   std::vector<SeqId> proposed_;
   uint64_t steps_ = 0;
 };

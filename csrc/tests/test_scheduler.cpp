@@ -37,8 +37,9 @@ TEST(Scheduler, RejectsBadInput) {
   EXPECT_THROW(s.abort(7), std::out_of_range);
   EXPECT_THROW(s.update(Tokens{1}), std::invalid_argument);
   EXPECT_EQ(s.schedule().sample, Ids{1});
-  EXPECT_THROW(s.schedule(), std::logic_error);
-  EXPECT_THROW(s.abort(1), std::logic_error);
+  EXPECT_EQ(s.schedule().pending, std::vector<int32_t>{0});  // one step ahead
+  EXPECT_THROW(s.schedule(), std::logic_error);              // not two
+  EXPECT_THROW(s.propose(1, {2}), std::logic_error);
   EXPECT_THROW(s.update(Tokens{}), std::invalid_argument);
   EXPECT_THROW(s.update(Tokens{-1}), std::invalid_argument);
   EXPECT_TRUE(s.update(Tokens{5}).empty());
@@ -179,6 +180,25 @@ TEST(Scheduler, VerifiesDraftsAndKeepsKvOfTheAcceptedOnes) {
   const SchedulerStep next = s.schedule();
   EXPECT_EQ(next.input_ids, Tokens{4});
   EXPECT_EQ(next.positions, Ints{5});
+}
+
+TEST(Scheduler, SchedulesAheadOfTheLastStepsTokens) {
+  Scheduler s(16, 2, 8, 4);
+  s.add(1, tokens(10, 3), up_to(10));
+  s.add(2, tokens(20, 3), up_to(5));
+  s.schedule();
+  const SchedulerStep b = s.schedule();
+  EXPECT_EQ(b.input_ids, (Tokens{0, 0}));
+  EXPECT_EQ(b.positions, (Ints{3, 3}));
+  EXPECT_EQ(b.pending, (std::vector<int32_t>{0, 1}));
+  EXPECT_EQ(s.blocks().num_cached_blocks(), 2);  // 10 11 and 20 21; 12 ? waits for its token
+  s.abort(2);                                    // while two steps are owed
+  EXPECT_TRUE(s.update(Tokens{13, 7}).empty());
+  EXPECT_EQ(s.blocks().num_cached_blocks(), 3);  // 12 13 confirmed
+  EXPECT_TRUE(s.update(Tokens{14, 8}).empty());  // sequence 2's row is ignored
+  s.propose(1, {3});
+  EXPECT_EQ(s.schedule().seqs, (Rows{{1, 2, 6, 1}}));
+  EXPECT_THROW(s.schedule(), std::logic_error);  // not ahead of a step with drafts
 }
 
 }  // namespace
