@@ -103,6 +103,38 @@ def test_greedy_survives_chunking_and_preemption(llama: Path, engine_of: Any) ->
     assert got == _reference(llama, prompts, GREEDY.max_tokens)
 
 
+def test_scheduling_ahead_changes_no_token(llama: Path, engine_of: Any) -> None:
+    prompts = _prompts(8, seed=13, lengths=(20, 90))
+    small = {"max_num_seqs": 6, "block_size": 8, "num_blocks": 24, "max_num_batched_tokens": 32}
+    waiting = engine_of(llama, schedule_ahead=False, **small)
+    free_run = waiting.generate(prompts, GREEDY)
+    # Stop tokens end some sequences early: a step scheduled ahead has run their next row.
+    stops = tuple(tokens[len(tokens) // 2] for tokens in free_run[:3])
+    options = [
+        SamplingOptions(
+            max_tokens=12 + i, temperature=0.0 if i % 2 else 0.8, seed=i, stop_token_ids=stops
+        )
+        for i in range(len(prompts))
+    ]
+    expected = waiting.generate(prompts, options)
+    ahead = engine_of(llama, **small)
+    assert ahead.schedule_ahead and not waiting.schedule_ahead
+    pending_rows = 0
+    real = ahead.runner.logits
+
+    def count(step: Any, *args: Any) -> Any:
+        nonlocal pending_rows
+        pending_rows += int((step.pending >= 0).sum())
+        return real(step, *args)
+
+    ahead.runner.logits = count
+    assert ahead.generate(prompts, options) == expected
+    assert any(len(t) < o.max_tokens for t, o in zip(expected, options, strict=True))
+    stats = ahead.stats()
+    assert pending_rows > 0 and stats.preemptions > 0
+    assert stats.kv_blocks_free == stats.kv_blocks and stats.running == stats.waiting == 0
+
+
 def test_prefix_cache_hits_keep_outputs(llama: Path, engine_of: Any) -> None:
     system = _prompts(1, seed=3, lengths=(64, 65))[0]
     prompts = [system + tail for tail in _prompts(4, seed=5, lengths=(2, 12))]

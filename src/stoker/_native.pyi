@@ -366,6 +366,11 @@ class KVBlockManager:
         them and caches the full blocks they complete.
         """
 
+    def confirm(self, seq: int, token: int) -> None:
+        """
+        The first tentative token becomes `token` and is kept; any after it are dropped.
+        """
+
     def fork(self, parent: int, child: int) -> None:
         """A new sequence sharing all of the parent's blocks."""
 
@@ -441,6 +446,12 @@ class SchedulerStep:
 
     @property
     def preempted(self) -> NDArray[numpy.int64]: ...
+    @property
+    def pending(self) -> NDArray[numpy.int32]:
+        """
+        Per row (int32): -1, or the row of the owed step's sample whose token is this row's
+        input (scheduled ahead; the input id is 0 until the runner puts the token there).
+        """
 
 class Scheduler:
     """

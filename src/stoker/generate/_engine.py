@@ -3,6 +3,12 @@
 Callers on any asyncio loop ``stream()`` a sequence's tokens; the engine's thread runs steps: it
 schedules (natively), runs the model, samples, and hands each step's new tokens to the callers'
 loops with one wake-up per loop per step. Python touches each step, never each token's scheduling.
+
+By default each step is scheduled and launched ahead of the last one's tokens (the scheduler's
+pending rows, filled on the device): the host's work for step N + 1 (schedule, upload, launch)
+and for step N's tokens (update, hand-out) all run while the device computes, so it never waits
+for them. A row of a sequence that stopped on eos in the step before runs for nothing. With
+speculative decoding the drafts depend on the last tokens, so each step waits for them first.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from stoker.generate._types import (
 
 __all__ = ["GenerateEngine"]
 
+Launched = tuple[SchedulerStep, list[Request], Sampled | None]
+
 
 def _kv_bytes_per_block(cfg: DecoderConfig, block_size: int, dtype: torch.dtype) -> int:
     element = torch.empty((), dtype=dtype).element_size()
@@ -68,9 +76,12 @@ class GenerateEngine:
         name: str | None = None,
         decoder: Decoder | None = None,
         speculative: Proposer | None = None,
+        schedule_ahead: bool = True,
     ) -> None:
         """``decoder``: a model already built and loaded (``model`` then only names the folder
-        of its tokenizer); its device and dtype override ``device`` and ``dtype``."""
+        of its tokenizer); its device and dtype override ``device`` and ``dtype``.
+        ``schedule_ahead``: launch each step before the last one's tokens are in (off with
+        ``speculative``)."""
         self.model_folder = Path(model)
         self.model_name = name or self.model_folder.name
         self.config = read_config(self.model_folder) if decoder is None else decoder.cfg
@@ -116,9 +127,10 @@ class GenerateEngine:
         )
         self._ids = itertools.count()
         self._speculation = Speculation(speculative) if speculative is not None else None
+        self.schedule_ahead = schedule_ahead and speculative is None
         self._requests: dict[int, Request] = {}
         self._unstarted: set[int] = set()  # admitted, not yet scheduled: prefix hits unknown
-        self._owed = 0  # tokens the scheduler's update() expects for the last step
+        self._owed: list[int] = []  # tokens each owed update() expects, oldest first
         self._inbox: list[tuple[int, Request]] = []
         self._aborts: list[int] = []
         self._cv = threading.Condition()
@@ -238,26 +250,35 @@ class GenerateEngine:
     # -- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        # Between two steps stand only the native update and schedule and the launch: the
-        # Python bookkeeping of step N (tokens to requests, chunks to callers) runs while step
-        # N + 1 is on the device.
-        pending: Done | None = None
+        # Waiting for step N's tokens, the device already has step N + 1 (ahead) or the Python
+        # bookkeeping of step N - 1 runs (not ahead): either way the host works while it computes.
+        pending: Done | None = None  # not ahead: a step's tokens not yet handed out
+        inflight: Launched | None = None  # ahead: a launched step whose tokens are not in
         try:
             while True:
                 if pending is not None and self._idle():
                     deliver(collect(pending))  # nothing else will run: hand it out
                     pending = None
-                if not self._take():
+                if not self._take(wait=inflight is None):
                     break
                 try:
-                    launched = self._launch()
+                    launched = self._launch(inflight)
+                    if inflight is not None:
+                        done = self._finish(*inflight)
+                        inflight = None
+                        deliver(collect(done))
                     if pending is not None:
                         deliver(collect(pending))
                         pending = None
-                    pending = self._finish(*launched) if launched else None
+                    if launched is not None and self.schedule_ahead:
+                        inflight = launched
+                    elif launched is not None:
+                        pending = self._finish(*launched)
                 except Exception as e:  # a failed step fails the admitted sequences, not the engine
-                    pending = None
+                    pending = inflight = None
                     self._fail_all(device_error(e))
+            if inflight is not None:
+                deliver(collect(self._finish(*inflight)))
         except BaseException as e:  # the loop must never die silently with callers waiting
             self._fail_all(e)
             raise
@@ -269,10 +290,10 @@ class GenerateEngine:
         """Ends every admitted sequence with ``error``: the scheduler forgets them (their
         blocks are freed) and their callers get the error."""
         s = self.scheduler
-        with contextlib.suppress(Exception):
-            # A step may have failed between schedule() and update(): settle what it owes.
-            s.update([0] * self._owed)
-        self._owed = 0
+        for owed in self._owed:  # steps that failed between schedule() and update()
+            with contextlib.suppress(Exception):
+                s.update([0] * owed)
+        self._owed.clear()
         for seq, request in list(self._requests.items()):
             with contextlib.suppress(Exception):
                 s.abort(seq)
@@ -287,11 +308,11 @@ class GenerateEngine:
         with self._cv:
             return not (self._inbox or self._aborts or s.num_running or s.num_waiting)
 
-    def _take(self) -> bool:
-        """Admits new requests and aborts, waiting for work; False once closing."""
+    def _take(self, wait: bool) -> bool:
+        """Admits new requests and aborts, waiting for work if ``wait``; False once closing."""
         s = self.scheduler
         with self._cv:
-            while not (
+            while wait and not (
                 self._closing or self._inbox or self._aborts or s.num_running or s.num_waiting
             ):
                 self._cv.wait()
@@ -326,14 +347,15 @@ class GenerateEngine:
                     self._speculation.forget(seq)
         return True
 
-    def _launch(self) -> tuple[SchedulerStep, list[Request], Sampled | None] | None:
-        """Schedules a step and queues it on the device."""
+    def _launch(self, inflight: Launched | None) -> Launched | None:
+        """Schedules a step and queues it on the device, ahead of ``inflight``'s tokens."""
         if not (self.scheduler.num_running or self.scheduler.num_waiting):
             return None
         if self._speculation is not None:
             self._speculation.propose(self.scheduler, self._requests.__contains__)
         step = self.scheduler.schedule()
-        self._owed = len(step.sample)
+        if len(step.sample):
+            self._owed.append(len(step.sample))
         self._counts["preemptions"] += len(step.preempted)
         seq_ids = step.seq_ids.tolist()
         if not seq_ids:
@@ -360,7 +382,8 @@ class GenerateEngine:
         verify = step.draft_lens[rows].astype(np.int64) if self._speculation else None
         if verify is not None and not verify.any():
             verify = None
-        return step, requests, self.runner.launch(step, rows, options, positions, verify)
+        previous = inflight[2] if inflight is not None else None
+        return step, requests, self.runner.launch(step, rows, options, positions, verify, previous)
 
     def _finish(
         self, step: SchedulerStep, requests: list[Request], sampled: Sampled | None
@@ -368,6 +391,11 @@ class GenerateEngine:
         """Waits for the step's tokens and updates the scheduler."""
         flat = sampled.tokens() if sampled is not None else []
         seqs = step.sample.tolist()
+        if not seqs:  # nothing sampled, nothing owed
+            self._counts["steps"] += 1
+            return Done([], [], [], {})
+        # Rows of sequences aborted, or stopped a step before (scheduled ahead), are dropped.
+        alive = [seq in self._requests for seq in seqs]
         spec = self._speculation
         verified = spec is not None and len(flat) != len(seqs)
         rows = spec.verify(step, seqs, flat) if spec and verified else [[t] for t in flat]
@@ -382,9 +410,14 @@ class GenerateEngine:
             if spec is not None:
                 i = index[seq]
                 rows[i] = spec.finish(seq, len(request.prompt), len(generated), rows[i])
-        self._owed = 0
+        self._owed.pop(0)
         if spec is not None:
             spec.advance(seqs, rows, finished)
+        if not all(alive):
+            seqs, requests, rows = (
+                [x for x, keep in zip(xs, alive, strict=True) if keep]
+                for xs in (seqs, requests, rows)
+            )
         self._counts["steps"] += 1
         self._counts["generated_tokens"] += sum(len(r) for r in rows)
         return Done(seqs, requests, rows, finished)

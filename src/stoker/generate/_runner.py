@@ -8,7 +8,10 @@ tokens in front. A padding token sits at a position the row already has KV for a
 KV to the scratch block, so the row's own tokens see exactly the keys they would see unpadded.
 Those graphs stop at the final hidden states; the head runs on the rows verification needs.
 Every other step (prefill chunks, mixed steps) runs eagerly. A step's integer arrays travel to
-the device in one copy from a pinned staging buffer.
+the device in one copy from a pinned staging buffer, two of them in turn: a step scheduled ahead
+is uploaded while the one before may still be copying. A step scheduled ahead of the last one's
+tokens (see csrc/core/scheduler.hpp) gets those tokens on the device, from that step's sampling
+output, so the host never waits for them before launching it.
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ class ModelRunner:
         self.width = -(-max_model_len // block_size)
         self.max_num_seqs = max_num_seqs
         pin = self.device.type == "cuda"
-        self._staging = torch.empty(1 << 16, dtype=torch.int64, pin_memory=pin)
+        self._staging = [torch.empty(1 << 16, dtype=torch.int64, pin_memory=pin) for _ in "ab"]
+        self._copied: list[torch.cuda.Event | None] = [None, None]
+        self._turn = 0
         self.graphs: dict[int, _Graph] = {}
         self.buckets: list[int] = []
         # Rows of k + 1 tokens for steps verifying up to k drafts; padding tokens sit at the
@@ -82,18 +87,28 @@ class ModelRunner:
     def _upload(self, parts: Sequence[npt.NDArray[np.int64]]) -> list[Tensor]:
         """The arrays on the device (int64), through one staging copy."""
         total = sum(p.size for p in parts)
-        if total > self._staging.numel():
-            self._staging = torch.empty(
-                max(total, 2 * self._staging.numel()),
+        turn = self._turn
+        self._turn ^= 1
+        copied = self._copied[turn]
+        if copied is not None:
+            copied.synchronize()  # the buffer's last copy has been read (long since, in practice)
+        staging = self._staging[turn]
+        if total > staging.numel():
+            staging = self._staging[turn] = torch.empty(
+                max(total, 2 * staging.numel()),
                 dtype=torch.int64,
                 pin_memory=self.device.type == "cuda",
             )
-        host = self._staging.numpy()
+        host = staging.numpy()
         offset = 0
         for p in parts:
             host[offset : offset + p.size] = p.reshape(-1)
             offset += p.size
-        flat = self._staging[:total].to(self.device, non_blocking=True)
+        flat = staging[:total].to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            event.record()
+            self._copied[turn] = event
         out, offset = [], 0
         for p in parts:
             out.append(flat[offset : offset + p.size].view(p.shape))
@@ -105,12 +120,13 @@ class ModelRunner:
         step: SchedulerStep,
         rows: npt.NDArray[np.int64],
         verify: npt.NDArray[np.int64] | None,
+        previous: Tensor | None,
     ) -> StepBatch:
         query_lens = step.query_lens.astype(np.int64)
         cu = np.zeros(len(query_lens) + 1, dtype=np.int64)
         np.cumsum(query_lens, out=cu[1:])
         index = cu[rows + 1] - 1 if verify is None else _verified_tokens(cu[rows + 1], verify)
-        ids, pos, slots, cu_t, ctx, tables, logits_rows = self._upload(
+        ids, pos, slots, cu_t, ctx, tables, logits_rows, *fill = self._upload(
             [
                 step.input_ids.astype(np.int64),
                 step.positions,
@@ -119,8 +135,10 @@ class ModelRunner:
                 step.context_lens.astype(np.int64),
                 step.block_tables.astype(np.int64),
                 index,
+                *_pending_arrays(step, cu[:-1], previous),
             ]
         )
+        _fill_pending(ids, fill, previous)
         return StepBatch(
             ids,
             pos,
@@ -260,16 +278,22 @@ class ModelRunner:
         step: SchedulerStep,
         rows: npt.NDArray[np.int64],
         verify: npt.NDArray[np.int64] | None = None,
+        previous: Tensor | None = None,
     ) -> Tensor:
         """Float32 logits of the last token of each of the step's ``rows`` (indices into its
         sequences), or with ``verify`` (the rows' draft counts), of their last ``verify + 1``
-        tokens, row after row."""
+        tokens, row after row. ``previous``: the owed step's sampled tokens on the device, for
+        a step scheduled ahead of them."""
         self.copy_blocks(step.copies)
         n = len(step.query_lens)
         decode_only = len(step.input_ids) == n and len(rows) == n
         if decode_only and self.buckets and n <= self.buckets[-1]:
             bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
-            values = self._upload(self._decode_arrays(step, bucket))
+            starts = np.arange(n, dtype=np.int64)
+            fill = _pending_arrays(step, starts, previous)
+            uploaded = self._upload([*self._decode_arrays(step, bucket), *fill])
+            values = uploaded[:5]
+            _fill_pending(values[0], uploaded[5:], previous)
             return self._replay(self.graphs, bucket, values)[:n]
         if verify is not None and self.verify_graphs and self.verify_fits(step, rows):
             bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
@@ -277,7 +301,7 @@ class ModelRunner:
             *values, index = self._upload([*arrays, self.verify_index(step, rows)])
             self.verify_replays += 1
             return self.model.head(self._replay(self.verify_graphs, bucket, values)[index])
-        logits: Tensor = self.model(self._batch(step, rows, verify), self.cache)
+        logits: Tensor = self.model(self._batch(step, rows, verify, previous), self.cache)
         return logits
 
     def launch(
@@ -287,6 +311,7 @@ class ModelRunner:
         options: Sequence[SamplingOptions],
         positions: Sequence[int],
         verify: npt.NDArray[np.int64] | None = None,
+        previous: Sampled | None = None,
     ) -> Sampled:
         """Queues the step and its sampling on the device; the tokens come from the result.
 
@@ -297,7 +322,7 @@ class ModelRunner:
         if timed:
             start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             start.record()
-        logits = self.logits(step, rows, verify)
+        logits = self.logits(step, rows, verify, previous.device if previous else None)
         if verify is not None:
             counts = verify.tolist()
             options = [o for o, d in zip(options, counts, strict=True) for _ in range(d + 1)]
@@ -313,7 +338,7 @@ class ModelRunner:
         else:
             tokens = sample_verifying(logits, options, positions, drafts)
         if self.device.type != "cuda":
-            return Sampled(tokens, None)
+            return Sampled(tokens, None, tokens)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
         done = torch.cuda.Event(enable_timing=timed)  # type: ignore[no-untyped-call]
@@ -321,7 +346,27 @@ class ModelRunner:
         if timed and self.timeline is not None:
             decode_only = len(step.input_ids) == len(step.query_lens)
             self.timeline.append((start, mid, done, len(step.query_lens), decode_only))
-        return Sampled(host, done)
+        return Sampled(host, done, tokens)
+
+
+def _pending_arrays(
+    step: SchedulerStep, starts: npt.NDArray[np.int64], previous: Tensor | None
+) -> list[npt.NDArray[np.int64]]:
+    """Where the step's pending input tokens go (each row's first token, ``starts``) and which
+    of the owed step's sampled tokens they are; none when no row is pending."""
+    pending = step.pending.astype(np.int64)
+    mask = pending >= 0
+    if not mask.any():
+        return []
+    if previous is None:
+        raise RuntimeError("a step scheduled ahead needs the owed step's sampled tokens")
+    return [starts[mask], pending[mask]]
+
+
+def _fill_pending(ids: Tensor, fill: Sequence[Tensor], previous: Tensor | None) -> None:
+    if fill and previous is not None:
+        where, which = fill
+        ids[where] = previous[which].to(ids.dtype)
 
 
 def _verified_tokens(ends: npt.NDArray[np.int64], drafts: npt.NDArray[np.int64]) -> Any:
@@ -334,10 +379,11 @@ def _verified_tokens(ends: npt.NDArray[np.int64], drafts: npt.NDArray[np.int64])
 
 
 class Sampled:
-    """A step's sampled tokens, maybe still being computed and copied to the host."""
+    """A step's sampled tokens, maybe still being computed and copied to the host; ``device``
+    holds them where they were sampled."""
 
-    def __init__(self, tokens: Tensor, done: torch.cuda.Event | None) -> None:
-        self._tokens, self._done = tokens, done
+    def __init__(self, tokens: Tensor, done: torch.cuda.Event | None, device: Tensor) -> None:
+        self._tokens, self._done, self.device = tokens, done, device
 
     def tokens(self) -> list[int]:
         if self._done is not None:
