@@ -28,9 +28,9 @@ from tokenizers import Tokenizer
 
 from stoker._answers import device_error
 from stoker._native import Scheduler, SchedulerStep
-from stoker.generate._config import DecoderConfig, read_config
+from stoker.generate._config import read_config
 from stoker.generate._model import Decoder, load_weights
-from stoker.generate._requests import Done, Request, collect, deliver
+from stoker.generate._requests import Done, Request, collect, deliver, next_chunk
 from stoker.generate._runner import ModelRunner, Sampled
 from stoker.generate._speculative import Proposer, Speculation
 from stoker.generate._types import (
@@ -43,11 +43,6 @@ from stoker.generate._types import (
 __all__ = ["GenerateEngine"]
 
 Launched = tuple[SchedulerStep, list[Request], Sampled | None]
-
-
-def _kv_bytes_per_block(cfg: DecoderConfig, block_size: int, dtype: torch.dtype) -> int:
-    element = torch.empty((), dtype=dtype).element_size()
-    return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * element
 
 
 class GenerateEngine:
@@ -100,17 +95,10 @@ class GenerateEngine:
         self.eos_token_ids = cfg.eos_token_ids
         self.tokenizer = self._tokenizer()
         if num_blocks is None:
-            per_block = _kv_bytes_per_block(cfg, block_size, dtype)
-            if decoder.device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(decoder.device)
-                # Memory the allocator holds but no tensor uses is free for the cache too.
-                free += torch.cuda.memory_reserved(decoder.device)
-                free -= torch.cuda.memory_allocated(decoder.device)
-                budget = int(free * kv_cache_fraction)
-            else:
-                need = max_num_seqs * -(-self.max_model_len // block_size) * per_block
-                budget = min(cpu_kv_bytes, need)
-            num_blocks = max(budget // per_block, 1)
+            num_blocks = decoder.cache_blocks(block_size, kv_cache_fraction, cpu_kv_bytes)
+            # On the CPU no more than every sequence at full length.
+            if decoder.device.type != "cuda":
+                num_blocks = min(num_blocks, max_num_seqs * -(-self.max_model_len // block_size))
         self.num_blocks = num_blocks
         self.max_num_seqs = max_num_seqs
         self.scheduler = Scheduler(
@@ -185,21 +173,7 @@ class GenerateEngine:
         seq = self._submit(request)
         try:
             while True:
-                item = await request.chunks.get()
-                # A caller that fell behind gets what piled up as one chunk: under load that
-                # saves a wake-up and a response event per token.
-                while isinstance(item, GenerationChunk) and item.finish_reason is None:
-                    try:
-                        more = request.chunks.get_nowait()
-                    except asyncio.QueueEmpty:
-                        break
-                    if isinstance(more, BaseException):
-                        item = more
-                        break
-                    more.token_ids[:0] = item.token_ids
-                    item = more
-                if isinstance(item, BaseException):
-                    raise item
+                item = await next_chunk(request)
                 yield item
                 if item.finish_reason is not None:
                     return

@@ -121,6 +121,21 @@ class Decoder(nn.Module):
         self.scale = cfg.head_dim**-0.5
         self.requires_grad_(False)  # inference only; also lets load() copy into the weights
 
+    def cache_blocks(self, block_size: int, fraction: float, cpu_bytes: int) -> int:
+        """How many KV blocks fit ``fraction`` of the GPU memory left after the weights, or on
+        the CPU ``cpu_bytes``."""
+        element = torch.empty((), dtype=self.dtype).element_size()
+        cfg = self.cfg
+        per_block = 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * element
+        budget = cpu_bytes
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            # Memory the allocator holds but no tensor uses is free for the cache too.
+            free += torch.cuda.memory_reserved(self.device)
+            free -= torch.cuda.memory_allocated(self.device)
+            budget = int(free * fraction)
+        return max(budget // per_block, 1)
+
     def new_cache(self, num_blocks: int, block_size: int) -> KVCache:
         shape = (num_blocks, block_size, self.cfg.num_kv_heads, self.cfg.head_dim)
         return [

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from stoker.generate._types import GenerationChunk, SamplingOptions
 
-__all__ = ["Done", "Request", "Updates", "collect", "deliver"]
+__all__ = ["Done", "Request", "Updates", "collect", "deliver", "next_chunk"]
 
 _REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 
@@ -79,3 +79,24 @@ def deliver(updates: Updates, error: BaseException | None = None) -> None:
 def _hand_out(items: list[tuple[Request, GenerationChunk]], error: BaseException | None) -> None:
     for request, chunk in items:
         request.chunks.put_nowait(error if error is not None else chunk)
+
+
+async def next_chunk(request: Request) -> GenerationChunk:
+    """The request's next chunk for its caller; raises the request's error instead.
+
+    A caller that fell behind gets what piled up as one chunk: under load that saves a wake-up
+    and a response event per token."""
+    item = await request.chunks.get()
+    while isinstance(item, GenerationChunk) and item.finish_reason is None:
+        try:
+            more = request.chunks.get_nowait()
+        except asyncio.QueueEmpty:
+            break
+        if isinstance(more, BaseException):
+            item = more
+            break
+        more.token_ids[:0] = item.token_ids
+        item = more
+    if isinstance(item, BaseException):
+        raise item
+    return item
