@@ -125,6 +125,7 @@ def run_stoker(args: argparse.Namespace, decoder: Decoder, work: list[Any]) -> d
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_len,
         cuda_graphs=not args.no_graphs,
+        schedule_ahead=not args.no_ahead,
     )
     try:
         opts = [SamplingOptions(max_tokens=o, temperature=1.0, ignore_eos=True) for _, o in work]
@@ -246,6 +247,11 @@ def main() -> None:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--no-graphs", action="store_true")
+    p.add_argument(
+        "--no-ahead",
+        action="store_true",
+        help="wait for each step's tokens before scheduling the next (the A/B baseline)",
+    )
     p.add_argument("--hf-batch", type=int, default=64)
     p.add_argument("--hf-batches", type=int, default=0, help="run only this many (0: all)")
     p.add_argument("--no-hf", action="store_true")
