@@ -8,6 +8,10 @@
 // --drafts K (native only) gives every sequence K speculative draft tokens per step: propose(),
 // rows of K + 1 query tokens, tentative slots, and an update() whose rows keep 0..K of them in
 // turn, so the timed step also pays for the drafts.
+//
+// --ahead (native only, not with --drafts) schedules each step ahead of the last one's tokens, as
+// the engine does: the timed step is a schedule() with every row pending and the update() of the
+// step before, which confirms the slots that step's rows took.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -47,6 +51,7 @@ struct Options {
   int64_t rounds = 5;
   int64_t warmup = 20;
   int64_t drafts = 0;
+  bool ahead = false;
   bool json = false;
 };
 
@@ -103,6 +108,7 @@ class Driver {
   Driver(int64_t n, const Options& o)
       : n_(n),
         drafts_(o.drafts),
+        ahead_(o.ahead),
         max_new_(kPrefillStepsBound + (o.warmup + o.steps * o.rounds) * (o.drafts + 1) + 1),
         num_blocks_(n * ((kMaxPrompt + max_new_ + kBlockSize - 1) / kBlockSize + 1)),
         sched_(num_blocks_, kBlockSize, std::max(kBatchedTokens, n), n) {
@@ -122,7 +128,9 @@ class Driver {
                                         [](const auto& r) { return r.query_len == 1; });
       fill_tokens(step.sample.size());
       if (!sched_.update(tokens_).empty()) fail("a sequence finished during prefill");
-      if (decoding) return steps;
+      if (!decoding) continue;
+      if (ahead_) sched_.schedule();  // from now on one step is always owed
+      return steps;
     }
     fail("prefill did not finish");
     return 0;
@@ -146,6 +154,9 @@ class Driver {
       if (int64_t(step.sample.size()) != n_ || !step.preempted.empty() ||
           int64_t(step.input_ids.size()) != n_ * (drafts_ + 1)) {
         fail("a step that is not N decode rows with every draft");
+      }
+      if (ahead_ && std::count(step.pending.begin(), step.pending.end(), -1) != 0) {
+        fail("a step scheduled ahead with a row that is not pending");
       }
       if (drafts_ > 0) keep_drafts(step);
       // Reading the step keeps the compiler honest, as the model runner would.
@@ -195,6 +206,7 @@ class Driver {
 
   int64_t n_;
   int64_t drafts_;
+  bool ahead_;
   int64_t max_new_;
   int64_t num_blocks_;
   Scheduler sched_;
@@ -238,7 +250,7 @@ Row measure(int64_t n, const Options& o, uint64_t& checksum) {
 [[noreturn]] void usage() {
   std::fprintf(stderr,
                "usage: bench_scheduler [--sizes 64,128,...] [--steps K] [--rounds R] "
-               "[--warmup W] [--drafts D] [--json]\n");
+               "[--warmup W] [--drafts D | --ahead] [--json]\n");
   std::exit(2);
 }
 
@@ -253,8 +265,8 @@ Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--json") {
-      o.json = true;
+    if (a == "--json" || a == "--ahead") {
+      (a == "--json" ? o.json : o.ahead) = true;
       continue;
     }
     if (i + 1 >= argc) usage();
@@ -279,6 +291,7 @@ Options parse(int argc, char** argv) {
       usage();
     }
   }
+  if (o.ahead && o.drafts > 0) usage();
   return o;
 }
 
@@ -310,13 +323,13 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "decode steps with N sequences, all decoding (block size %lld, prompts %lld-%lld tokens, "
-      "%lld drafts each): %lld rounds x %lld steps after %lld warm-up steps\n\n"
+      "%lld drafts each%s): %lld rounds x %lld steps after %lld warm-up steps\n\n"
       "| seqs | us/step median | p90 | round medians | us/seq | schedule() | update() | "
       "table width |\n|---|---|---|---|---|---|---|---|\n",
       static_cast<long long>(kBlockSize), static_cast<long long>(kMinPrompt),
       static_cast<long long>(kMaxPrompt), static_cast<long long>(o.drafts),
-      static_cast<long long>(o.rounds), static_cast<long long>(o.steps),
-      static_cast<long long>(o.warmup));
+      o.ahead ? ", scheduled ahead" : "", static_cast<long long>(o.rounds),
+      static_cast<long long>(o.steps), static_cast<long long>(o.warmup));
   for (const Row& r : rows) {
     std::printf("| %lld | %.2f | %.2f | %.2f-%.2f | %.3f | %.2f | %.2f | %lld |\n",
                 static_cast<long long>(r.seqs), r.median_us, r.p90_us, r.round_min_us,
