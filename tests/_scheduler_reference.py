@@ -288,13 +288,7 @@ class ReferenceScheduler:
                 s.unconfirmed = False
                 continue
             finished.append((seq, s.tokens[s.prompt_len :], reason))
-            if seq in self.blocks:
-                self.blocks.free(seq)
-            if seq in self._running:
-                self._running.remove(seq)
-            if seq in self._waiting:
-                self._waiting.remove(seq)
-            del self._seqs[seq]
+            self._drop(seq)
         if self._owed:
             self._owed.popleft()
         return finished
@@ -302,6 +296,10 @@ class ReferenceScheduler:
     def abort(self, seq: int) -> None:
         if seq not in self._seqs:
             raise IndexError(f"unknown sequence {seq}")
+        self._drop(seq)
+
+    def _drop(self, seq: int) -> None:
+        """Forgets the sequence wherever it is, freeing its blocks."""
         del self._seqs[seq]
         if seq in self.blocks:
             self.blocks.free(seq)
