@@ -256,6 +256,7 @@ def test_unsupported_models_are_named(tmp_path: Path) -> None:
 
 
 def test_served_through_the_completion_endpoints(llama: Path, engine_of: Any) -> None:
+    pytest.importorskip("fastapi", reason="needs the server extra")
     from fastapi.testclient import TestClient
     from tokenizers import Tokenizer
 
@@ -347,6 +348,7 @@ def test_a_ready_decoder_sizes_the_cache_by_its_own_dtype(llama: Path, engine_of
 
 def test_the_openai_client_against_the_engine(llama: Path, engine_of: Any) -> None:
     openai = pytest.importorskip("openai")
+    pytest.importorskip("fastapi", reason="needs the server extra")
     from tokenizers import Tokenizer
 
     from stoker.server import ModelConfig, ServerConfig, create_app

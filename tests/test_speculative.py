@@ -181,6 +181,7 @@ def test_sampled_output_keeps_its_distribution(llama: Path, engine_of: Any) -> N
 
 
 def test_served_models_take_speculative_tokens(llama: Path) -> None:
+    pytest.importorskip("fastapi", reason="needs the server extra")
     from stoker.server import ModelConfig, ServerConfig
     from stoker.server._app import _generators
 
