@@ -267,8 +267,9 @@ class ModelRunner:
     def copy_blocks(self, copies: npt.NDArray[np.int32]) -> None:
         if len(copies) == 0:
             return
-        src = torch.from_numpy(copies[:, 0].astype(np.int64)).to(self.device)
-        dst = torch.from_numpy(copies[:, 1].astype(np.int64)).to(self.device)
+        # Not a blocking copy: the host must not wait for the step still running before it.
+        src = torch.from_numpy(copies[:, 0].astype(np.int64)).to(self.device, non_blocking=True)
+        dst = torch.from_numpy(copies[:, 1].astype(np.int64)).to(self.device, non_blocking=True)
         for k_cache, v_cache in self.cache:
             k_cache[dst] = k_cache[src]
             v_cache[dst] = v_cache[src]

@@ -23,15 +23,23 @@ _MIX = 0x9E3779B97F4A7C15  # spreads consecutive token indices over the seed spa
 _SEEDS = random.Random()  # seeds of unseeded rows on the fused path
 
 
+def _on(
+    values: Sequence[float] | Sequence[int], device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """A small host list on the device without a blocking copy, which would make the host wait
+    for the device's queue (the engine launches a step while the one before still runs)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
 def _filter_top_k(logits: Tensor, ks: Sequence[int]) -> Tensor:
     vocab = logits.shape[-1]
-    k = torch.tensor([k if 0 < k < vocab else vocab for k in ks], device=logits.device)
+    k = _on([k if 0 < k < vocab else vocab for k in ks], logits.device, torch.int64)
     kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
 def _filter_top_p(logits: Tensor, ps: Sequence[float]) -> Tensor:
-    p = torch.tensor(ps, device=logits.device, dtype=torch.float32).unsqueeze(1)
+    p = _on(ps, logits.device, torch.float32).unsqueeze(1)
     ordered, order = logits.sort(dim=-1, descending=True)
     probs = ordered.softmax(dim=-1)
     # A token stays when the mass before it is under p, so the most likely one always stays.
@@ -58,8 +66,8 @@ def _noise(
 def _probabilities(logits: Tensor, rows: Sequence[SamplingOptions]) -> Tensor:
     """Each row's sampling distribution: temperature, then top-k and top-p (greedy rows get a
     temperature of 1, their probabilities unused)."""
-    temps = torch.tensor(
-        [r.temperature if r.temperature > 0 else 1.0 for r in rows], device=logits.device
+    temps = _on(
+        [r.temperature if r.temperature > 0 else 1.0 for r in rows], logits.device, torch.float32
     )
     scaled = logits / temps.unsqueeze(1)
     if any(r.top_k > 0 for r in rows):
@@ -88,7 +96,7 @@ def sample_verifying(
         return logits.argmax(dim=-1)
     device = logits.device
     probs = _probabilities(logits, rows)
-    draft = torch.tensor(list(drafts), device=device)
+    draft = _on(list(drafts), device, torch.int64)
     has = draft >= 0
     index = draft.clamp(min=0).unsqueeze(1)
     p_draft = probs.gather(1, index).squeeze(1)
@@ -98,7 +106,7 @@ def sample_verifying(
     residual = torch.where(has.unsqueeze(1), probs.scatter(1, index, 0.0), probs)
     drawn = (residual / _noise(tuple(probs.shape), rows, positions, device)).argmax(dim=-1)  # type: ignore[arg-type]
     chosen = torch.where(keep, draft, drawn)
-    is_greedy = torch.tensor([r.temperature == 0.0 for r in rows], device=device)
+    is_greedy = _on([r.temperature == 0.0 for r in rows], device, torch.bool)
     return torch.where(is_greedy, logits.argmax(dim=-1), chosen)
 
 
@@ -118,7 +126,7 @@ def sample(logits: Tensor, rows: Sequence[SamplingOptions], positions: Sequence[
     greedy = logits.argmax(dim=-1)
     probs = _probabilities(logits, rows)
     drawn = (probs / _noise(tuple(probs.shape), rows, positions, logits.device)).argmax(dim=-1)  # type: ignore[arg-type]
-    is_greedy = torch.tensor([r.temperature == 0.0 for r in rows], device=logits.device)
+    is_greedy = _on([r.temperature == 0.0 for r in rows], logits.device, torch.bool)
     return torch.where(is_greedy, greedy, drawn)
 
 
