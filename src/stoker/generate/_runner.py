@@ -135,7 +135,7 @@ class ModelRunner:
                 step.context_lens.astype(np.int64),
                 step.block_tables.astype(np.int64),
                 index,
-                *_pending_arrays(step, cu[:-1], previous),
+                *_pending_arrays(step, previous),
             ]
         )
         _fill_pending(ids, fill, previous)
@@ -290,8 +290,7 @@ class ModelRunner:
         decode_only = len(step.input_ids) == n and len(rows) == n
         if decode_only and self.buckets and n <= self.buckets[-1]:
             bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
-            starts = np.arange(n, dtype=np.int64)
-            fill = _pending_arrays(step, starts, previous)
+            fill = _pending_arrays(step, previous)
             uploaded = self._upload([*self._decode_arrays(step, bucket), *fill])
             values = uploaded[:5]
             _fill_pending(values[0], uploaded[5:], previous)
@@ -350,17 +349,17 @@ class ModelRunner:
         return Sampled(host, done, tokens)
 
 
-def _pending_arrays(
-    step: SchedulerStep, starts: npt.NDArray[np.int64], previous: Tensor | None
-) -> list[npt.NDArray[np.int64]]:
-    """Where the step's pending input tokens go (each row's first token, ``starts``) and which
-    of the owed step's sampled tokens they are; none when no row is pending."""
+def _pending_arrays(step: SchedulerStep, previous: Tensor | None) -> list[npt.NDArray[np.int64]]:
+    """Where the step's pending input tokens go (the first token of their rows) and which of the
+    owed step's sampled tokens they are; none when no row is pending."""
     pending = step.pending.astype(np.int64)
     mask = pending >= 0
     if not mask.any():
         return []
     if previous is None:
         raise RuntimeError("a step scheduled ahead needs the owed step's sampled tokens")
+    query_lens = step.query_lens.astype(np.int64)
+    starts = np.cumsum(query_lens) - query_lens
     return [starts[mask], pending[mask]]
 
 
