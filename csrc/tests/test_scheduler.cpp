@@ -1,6 +1,10 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <deque>
+#include <map>
+#include <random>
 #include <stdexcept>
 #include <vector>
 
@@ -199,6 +203,67 @@ TEST(Scheduler, SchedulesAheadOfTheLastStepsTokens) {
   s.propose(1, {3});
   EXPECT_EQ(s.schedule().seqs, (Rows{{1, 2, 6, 1}}));
   EXPECT_THROW(s.schedule(), std::logic_error);  // not ahead of a step with drafts
+}
+
+// Random workloads, always one step ahead, small caches (preemption), a small vocabulary (eos
+// and stop tokens are common) and aborts while steps are owed. Under the sanitizers this is
+// where a bad index would show; the checks are the ones the engine relies on.
+TEST(Scheduler, RandomWorkloadsAheadKeepEveryTokenAndFreeEveryBlock) {
+  std::mt19937 rng(7);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int round = 0; round < 200; ++round) {
+    const int64_t seqs = pick(1, 5);
+    Scheduler s(pick(3, 12), pick(1, 4), pick(int(seqs), 16), seqs);
+    std::map<SeqId, Tokens> fed;  // the tokens each live sequence was given
+    std::deque<SchedulerStep> owed;
+    SeqId next = 0;
+    auto update = [&] {
+      const SchedulerStep step = owed.front();
+      owed.pop_front();
+      Tokens tokens;
+      for (SeqId seq : step.sample) {
+        tokens.push_back(TokenId(pick(0, 11)));
+        if (fed.count(seq) != 0) fed[seq].push_back(tokens.back());
+      }
+      for (const FinishedSeq& f : s.update(tokens)) {
+        ASSERT_TRUE(fed.count(f.seq) != 0);
+        const Tokens& all = fed[f.seq];
+        ASSERT_LE(f.tokens.size(), all.size());
+        EXPECT_TRUE(std::equal(f.tokens.begin(), f.tokens.end(), all.begin()));
+        fed.erase(f.seq);
+      }
+    };
+    for (int i = 0; i < 60 || !owed.empty() || s.num_running() + s.num_waiting() > 0; ++i) {
+      ASSERT_LT(i, 5000) << "the workload does not drain";
+      const bool adding = i < 60;
+      if (adding && pick(0, 2) == 0) {
+        Tokens prompt;
+        for (int t = pick(1, 10); t > 0; --t) prompt.push_back(TokenId(pick(0, 7)));
+        try {
+          s.add(next, prompt, SamplingParams{pick(1, 8), TokenId(0), {TokenId(pick(0, 11))}});
+          fed[next] = {};
+        } catch (const std::invalid_argument&) {
+        }
+        ++next;
+      }
+      if (!fed.empty() && pick(0, 30) == 0) {
+        const SeqId victim = fed.begin()->first;
+        s.abort(victim);
+        fed.erase(victim);
+      }
+      SchedulerStep step = s.schedule();
+      for (size_t row = 0; row < step.seqs.size(); ++row) {
+        const int32_t p = step.pending[row];
+        if (p < 0) continue;
+        ASSERT_FALSE(owed.empty());
+        EXPECT_EQ(owed.back().sample.at(size_t(p)), step.seqs[row].seq);
+      }
+      if (!step.sample.empty()) owed.push_back(std::move(step));
+      while (owed.size() > 1 || (!adding && !owed.empty())) update();
+    }
+    EXPECT_EQ(s.num_running() + s.num_waiting(), 0);
+    EXPECT_EQ(s.blocks().num_free_blocks(), s.blocks().num_blocks());
+  }
 }
 
 }  // namespace
