@@ -188,10 +188,13 @@ def test_served_models_take_speculative_tokens(llama: Path) -> None:
     with pytest.raises(ValueError, match="speculative_tokens"):
         ModelConfig(name="m", model=str(llama), task="text-generation", speculative_tokens=-1)
     model = ModelConfig(name="m", model=str(llama), task="text-generation", speculative_tokens=3)
-    engines = _generators(ServerConfig(models=(model,)))
+    waits = ModelConfig(name="w", model=str(llama), task="text-generation", schedule_ahead=False)
+    engines = _generators(ServerConfig(models=(model, waits)))
     try:
+        assert not engines["w"].schedule_ahead  # type: ignore[attr-defined]
         engine = engines["m"]
         assert isinstance(engine, GenerateEngine)
+        assert not engine.schedule_ahead  # drafts need the last tokens first
         prompt = _prompts(1, seed=9)
         engine.generate(prompt, GREEDY)
         assert engine.stats().draft_tokens > 0

@@ -69,6 +69,10 @@ def serve(
         int,
         typer.Option(help="text-generation: speculative prompt-lookup draft tokens per step"),
     ] = 0,
+    schedule_ahead: Annotated[
+        bool,
+        typer.Option(help="text-generation: launch each step before the last one's tokens"),
+    ] = True,
     name: Annotated[str | None, typer.Option(help="model name in URLs (default: --model)")] = None,
     config: Annotated[
         Path | None, typer.Option(help="TOML file with [server] and [[models]] tables")
@@ -156,6 +160,7 @@ def serve(
                 max_num_batched_tokens=max_num_batched_tokens,
                 max_model_len=max_model_len,
                 speculative_tokens=speculative_tokens,
+                schedule_ahead=schedule_ahead,
                 weights=weights,
                 device=device,
                 dtype=dtype,

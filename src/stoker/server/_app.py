@@ -156,6 +156,7 @@ def _generators(config: ServerConfig) -> dict[str, ServedGenerator]:
                 max_model_len=m.max_model_len,
                 name=m.name,
                 speculative=(NgramProposer(m.speculative_tokens) if m.speculative_tokens else None),
+                schedule_ahead=m.schedule_ahead,
             )
     except BaseException:
         for engine in engines.values():

@@ -79,6 +79,9 @@ class ModelConfig:
     speculative_tokens: int = 0
     """text-generation: prompt-lookup draft tokens verified per step (speculative decoding);
     0: no speculative decoding."""
+    schedule_ahead: bool = True
+    """text-generation: launch each step before the last one's tokens are known (without
+    speculative decoding); False waits for them, the baseline of an A/B comparison."""
     devices: tuple[str, ...] | None = None
     """image-classification: one engine per device behind a least-loaded router (cpu, cuda:N,
     or N for cuda:N); ``device`` then becomes the first of them."""
