@@ -293,17 +293,19 @@ std::vector<FinishedSeq> Scheduler::update(std::span<const TokenId> sampled,
     }
     finished.push_back(
         {seq, {s.tokens.begin() + ptrdiff_t(s.prompt_len), s.tokens.end()}, *reason});
-    if (blocks_.contains(seq)) blocks_.free(seq);
-    std::erase(running_, seq);
-    std::erase(waiting_, seq);  // preempted by the step scheduled ahead
-    seqs_.erase(it);
+    drop(seq);  // it may be waiting: preempted by the step scheduled ahead
   }
   if (!owed_.empty()) owed_.pop_front();
   return finished;
 }
 
 void Scheduler::abort(SeqId seq) {
-  if (seqs_.erase(seq) == 0) throw std::out_of_range("unknown sequence " + std::to_string(seq));
+  if (seqs_.count(seq) == 0) throw std::out_of_range("unknown sequence " + std::to_string(seq));
+  drop(seq);
+}
+
+void Scheduler::drop(SeqId seq) {
+  seqs_.erase(seq);
   if (blocks_.contains(seq)) blocks_.free(seq);
   std::erase(running_, seq);
   std::erase(waiting_, seq);

@@ -156,6 +156,8 @@ class Scheduler {
   };
 
   void check_idle(const char* what) const;
+  // Forgets the sequence wherever it is, freeing its blocks.
+  void drop(SeqId seq);
   // Tokens the sequence can still take without new blocks plus those the free blocks hold.
   int64_t room(SeqId seq) const;
   // Preempts until fits() holds; false when `seq` itself was preempted.
