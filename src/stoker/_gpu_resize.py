@@ -19,7 +19,7 @@ from typing import Any, cast
 import torch
 
 from stoker._spec import ImageSpec
-from stoker._triton import HAS_TRITON, interpreted, interpreter_warnings, jit, tl, triton
+from stoker._triton import HAS_TRITON, interpreted, jit, on_device, tl, triton
 
 __all__ = ["HAS_TRITON", "resize_into"]
 
@@ -312,7 +312,7 @@ def resize_into(
     grid = (triton.cdiv(max_h, br) * tiles, len(images))
     hpass, vpass = _interpreted() if interpreted else cast(tuple[Any, Any], (_hpass, _vpass))
     # Triton launches on the current device (and its current stream); make that the images' one.
-    with interpreter_warnings() if interpreted else torch.cuda.device(out.device):
+    with on_device(out.device):
         hpass[grid](meta, tmp, tiles, taps_x, kind, br, bx)
         tiles = triton.cdiv(out_w, bx)
         grid = (triton.cdiv(out_h, br) * tiles, len(images))

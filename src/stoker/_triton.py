@@ -13,10 +13,12 @@ interpreted when ``TRITON_INTERPRET`` was set before triton's import. They reduc
 from __future__ import annotations
 
 import contextlib
+import operator
 import types
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast
+
+import torch
 
 try:
     import triton  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -35,8 +37,8 @@ __all__ = [
     "HAS_TRITON",
     "interpreted",
     "interpreted_copy",
-    "interpreter_warnings",
     "jit",
+    "on_device",
     "tl",
     "triton",
 ]
@@ -50,12 +52,14 @@ def jit(fn: _F) -> _F:
 
 
 def interpreted_copy(fn: Any, namespace: dict[str, Any]) -> Any:
-    """An interpreted copy of the jitted ``fn`` whose globals are ``namespace``."""
+    """An interpreted copy of the jitted ``fn`` whose globals are ``namespace`` (which gets a
+    ``range`` of its own)."""
     from triton.runtime.interpreter import (  # type: ignore[import-untyped,unused-ignore]
         InterpretedFunction,
     )
 
     raw = fn.fn
+    namespace["range"] = _interpreter_range
     return InterpretedFunction(
         types.FunctionType(raw.__code__, namespace, raw.__name__, raw.__defaults__)
     )
@@ -69,12 +73,18 @@ def interpreted(module_globals: Mapping[str, Any], names: Iterable[str]) -> dict
     return namespace
 
 
-@contextlib.contextmanager
-def interpreter_warnings() -> Iterator[None]:
-    """Silences what the interpreter makes numpy say: it hands scalar arguments around as
-    1-element arrays, and range() over one warns about converting an array to a scalar."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", "Conversion of an array with ndim > 0", DeprecationWarning
-        )
-        yield
+def _interpreter_range(*bounds: Any) -> range:
+    """``range`` for interpreted kernels. The interpreter hands scalars around as 1-element
+    arrays, which numpy 2.4 and later no longer turn into ints implicitly (``__index__``)."""
+    return range(*(_as_int(b) for b in bounds))
+
+
+def _as_int(value: Any) -> int:
+    handle = getattr(value, "handle", None)
+    return int(handle.data.item()) if handle is not None else operator.index(value)
+
+
+def on_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Where a launch for tensors on ``device`` goes: Triton launches on the current CUDA
+    device, so it becomes theirs; interpreted launches (CPU tensors) need nothing."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

@@ -21,7 +21,7 @@ from typing import Any, Literal, cast
 
 import torch
 
-from stoker._triton import HAS_TRITON, interpreted, interpreter_warnings, jit, tl, triton
+from stoker._triton import HAS_TRITON, interpreted, jit, on_device, tl, triton
 
 __all__ = [
     "HAS_TRITON",
@@ -331,7 +331,7 @@ def paged_attention_triton(
     rows, tokens, keys = _tiles(group, max_query_len, q.dtype, head_dim)
     grid = (triton.cdiv(max_query_len, tokens), n_kv, batch)
     kernel = _interpreted() if interpreted else cast(Any, _paged_attention_kernel)
-    with interpreter_warnings() if interpreted else torch.cuda.device(q.device):
+    with on_device(q.device):
         kernel[grid](
             q,
             k_cache,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stoker._triton import HAS_TRITON, interpreted, interpreter_warnings, jit, tl, triton
+from stoker._triton import HAS_TRITON, interpreted, jit, tl, triton
 
 __all__ = ["qk_norm_rope", "rms_norm", "silu_mul"]
 
@@ -145,12 +145,7 @@ def _interpreted(name: str) -> Any:
 
 
 def _launch(name: str, device: torch.device, grid: tuple[int, ...], *args: Any, **kw: Any) -> None:
-    kernel = _kernel(name, device)
-    if device.type == "cuda":
-        kernel[grid](*args, **kw)
-    else:
-        with interpreter_warnings():
-            kernel[grid](*args, **kw)
+    _kernel(name, device)[grid](*args, **kw)
 
 
 def rms_norm(

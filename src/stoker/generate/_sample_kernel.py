@@ -33,8 +33,8 @@ from torch import Tensor
 from stoker._triton import (
     HAS_TRITON,
     interpreted_copy,
-    interpreter_warnings,
     jit,
+    on_device,
     tl,
     triton,
 )
@@ -290,7 +290,7 @@ def gumbel_argmax(logits: Tensor, temperatures: Tensor, seeds: Tensor, offsets: 
     kernels = _interpreted() if interpreted else globals()
     sample = cast(Any, kernels["_gumbel_argmax_kernel"])
     combine = cast(Any, kernels["_combine_kernel"])
-    with interpreter_warnings() if interpreted else torch.cuda.device(logits.device):
+    with on_device(logits.device):
         sample[(n, splits)](
             logits,
             temperatures,
