@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import struct
+import sys
 import time
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -305,6 +306,19 @@ def test_config_file(tmp_path: Path) -> None:
         ServerConfig(models=())
     with pytest.raises(ValueError, match="unique"):
         ServerConfig(models=(model_config(), model_config()))
+
+
+def test_switch_interval_holds_while_serving_and_is_restored_after() -> None:
+    before = sys.getswitchinterval()
+    with TestClient(server(server_kwargs={"switch_interval_ms": 0.25})) as c:
+        assert sys.getswitchinterval() == pytest.approx(0.00025)
+        assert c.get("/v2/health/ready").status_code == 200
+    assert sys.getswitchinterval() == before
+    with TestClient(server()):
+        assert sys.getswitchinterval() == before
+    for bad in (0.0, -1.0, 1001.0):
+        with pytest.raises(ValueError, match="switch_interval_ms"):
+            ServerConfig(models=(model_config(),), switch_interval_ms=bad)
 
 
 def test_cli_serve_validates_its_arguments() -> None:

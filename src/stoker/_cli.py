@@ -104,6 +104,10 @@ def serve(
         str | None, typer.Option(help="bearer token required on all but health endpoints")
     ] = None,
     timeout_ms: Annotated[float | None, typer.Option(help="per-request queue deadline")] = None,
+    switch_interval_ms: Annotated[
+        float | None,
+        typer.Option(help="the interpreter's thread switch interval [default: Python's, 5 ms]"),
+    ] = None,
     gpu_decode: Annotated[
         str | None, typer.Option(help="share of JPEGs decoded on the GPU (0..1) or 'auto'")
     ] = None,
@@ -133,6 +137,7 @@ def serve(
         "port": port,
         "token": token,
         "timeout_ms": timeout_ms,
+        "switch_interval_ms": switch_interval_ms,
     }
     if config is not None:
         if model is not None:

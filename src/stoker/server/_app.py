@@ -20,7 +20,7 @@ from fastapi.responses import Response
 
 from stoker._models import ModelLike
 from stoker._runner import TORCH_DTYPES
-from stoker.server._config import ServerConfig
+from stoker.server._config import ServerConfig, switch_interval
 from stoker.server._front import IMAGE_TYPES, Front, HTTPError, Reply
 from stoker.server._openai import OpenAIRoutes, ServedGenerator
 from stoker.server._openai_protocol import Kind
@@ -186,7 +186,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        with switch_interval(config.switch_interval_ms):
+            yield
         openai.close()
         front.close()
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
+import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from stoker._spec import IMAGENET_MEAN, IMAGENET_STD, ImageSpec
 
-__all__ = ["ModelConfig", "ServerConfig", "load_config", "parse_devices"]
+__all__ = ["ModelConfig", "ServerConfig", "load_config", "parse_devices", "switch_interval"]
 
 # Bounds that keep deadlines and body sizes far from the native side's integer limits.
 _DAY_MS = 86_400_000.0
@@ -158,6 +160,10 @@ class ServerConfig:
     max_images_per_request: int = 64
     max_texts_per_request: int = 256
     timeout_ms: float | None = None
+    switch_interval_ms: float | None = None
+    """The interpreter's thread switch interval while serving (``sys.setswitchinterval``);
+    None keeps Python's 5 ms. A thread that gave up the GIL in a blocking call (the generation
+    engine's, after each step) waits up to this long to get it back from a busy event loop."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -173,12 +179,30 @@ class ServerConfig:
             )
         if self.timeout_ms is not None and not 0 < self.timeout_ms <= _DAY_MS:
             raise ValueError(f"timeout_ms must be in (0, {_DAY_MS}], got {self.timeout_ms}")
+        if self.switch_interval_ms is not None and not 0 < self.switch_interval_ms <= 1000:
+            raise ValueError(
+                f"switch_interval_ms must be in (0, 1000], got {self.switch_interval_ms}"
+            )
         if self.max_body_bytes > _MAX_BODY:
             raise ValueError(
                 f"max_body_bytes must be at most {_MAX_BODY}, got {self.max_body_bytes}"
             )
         if self.token is None and os.environ.get("STOKER_TOKEN"):
             object.__setattr__(self, "token", os.environ["STOKER_TOKEN"])
+
+
+@contextlib.contextmanager
+def switch_interval(ms: float | None) -> Iterator[None]:
+    """``sys.setswitchinterval(ms / 1000)`` inside, the previous interval after; None: as is."""
+    if ms is None:
+        yield
+        return
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(ms / 1000)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def _build(cls: type[Any], values: Mapping[str, Any], where: str) -> Any:

@@ -25,7 +25,7 @@ from stoker import _native
 from stoker._engine import Engine
 from stoker._models import ModelLike
 from stoker.server._app import create_app
-from stoker.server._config import ServerConfig
+from stoker.server._config import ServerConfig, switch_interval
 from stoker.server._front import Front, status_of
 from stoker.server._replicas import Replicas
 from stoker.server._tasks import ImageClassification
@@ -253,6 +253,7 @@ def serve_native(config: ServerConfig, *, io_threads: int = 1, drain_s: float = 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         print(f"stoker serving on http://{config.host}:{server.port}", flush=True)
-        await server.serve(stop)
+        with switch_interval(config.switch_interval_ms):
+            await server.serve(stop)
 
     asyncio.run(main())
