@@ -103,7 +103,8 @@ def photo(width: int, height: int, seed: int) -> npt.NDArray[np.uint8]:
     shade = 1.0 + 0.08 * _upsampled_noise(rng, width, height, cell=min(width, height) / 4.0)
     img *= shade[..., None]
     img += rng.normal(0.0, 2.5, size=img.shape).astype(np.float32)
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    pixels: npt.NDArray[np.uint8] = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    return pixels
 
 
 def encode_jpeg(pixels: npt.NDArray[np.uint8], quality: int = JPEG_QUALITY) -> bytes:

@@ -63,7 +63,8 @@ def sample_photo(width: int, height: int, seed: int) -> U8:
     texture = 9.0 * _noise(rng, width, height, 12.0) + 9.0 * _noise(rng, width, height, 3.0)
     mask = np.clip(0.5 + _noise(rng, width, height, short / 3), 0, 1)
     out += (mask * texture)[..., None] + rng.normal(0, 2.5, size=out.shape)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    pixels: npt.NDArray[np.uint8] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return pixels
 
 
 def _encode(pixels: U8, fmt: str) -> bytes:
