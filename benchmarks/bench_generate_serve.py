@@ -57,7 +57,13 @@ from stoker.bench._targets import free_port, wait_ready
 
 
 def serve_command(args: argparse.Namespace, port: int) -> list[str]:
-    """``stoker serve`` for the model folder, on loopback at ``port``."""
+    """``stoker serve`` for the model folder, on loopback at ``port``; with ``--paced-ms``, the
+    endpoints in front of a clock instead of the model (``_paced_server.py``)."""
+    if args.paced_ms is not None:
+        paced = Path(__file__).with_name("_paced_server.py")
+        command = [sys.executable, str(paced), str(args.serve.resolve()), "--step-ms",
+                   str(args.paced_ms), "--port", str(port)]  # fmt: skip
+        return command + shlex.split(args.serve_args)
     command = [
         sys.executable, "-m", "stoker", "serve", "--task", "text-generation",
         "--model", str(args.serve), "--name", args.model, "--device", args.device,
@@ -234,6 +240,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, help="vocabulary size (--serve: from config.json)")
     p.add_argument("--device", default="cuda", help="--serve: the server's device")
     p.add_argument("--serve-args", default="", help="--serve: more `stoker serve` options")
+    p.add_argument("--paced-ms", type=float, help="--serve: no model; every this many ms one "
+                   "token to each running stream (the server's own cost)")  # fmt: skip
     p.add_argument("--serve-log", help="--serve: the server's output (default: a temp file)")
     p.add_argument("--start-timeout", type=float, default=600.0, help="--serve: seconds")
     p.add_argument("--streams", type=int, default=256, help="concurrent closed-loop streams")
