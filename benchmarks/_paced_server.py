@@ -25,7 +25,7 @@ import torch
 import uvicorn
 from tokenizers import Tokenizer
 
-from stoker.generate import GenerationChunk, GeneratorStats, SamplingOptions
+from stoker.generate import FinishReason, GenerationChunk, GeneratorStats, SamplingOptions
 from stoker.server import ModelConfig, ServerConfig, create_app
 
 _Stream = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[GenerationChunk]", list[int]]
@@ -91,7 +91,7 @@ class PacedGenerator:
                 ids = rng.integers(0, self._vocab, size=len(streams)).tolist()
                 for (key, (loop, chunks, state)), token in zip(streams, ids, strict=True):
                     state[0] -= 1
-                    finish = "length" if state[0] <= 0 else None
+                    finish: FinishReason | None = "length" if state[0] <= 0 else None
                     chunk = GenerationChunk([token], finish, prompt_tokens=state[1])
                     state[1] = 0
                     if finish is not None:
