@@ -28,7 +28,7 @@ from stoker.generate._types import (
     SamplingOptions,
 )
 from stoker.server import ModelConfig, ServerConfig, create_app
-from stoker.server._openai_protocol import BadRequest, parse_request, sampling_options
+from stoker.server._openai_protocol import Answer, BadRequest, parse_request, sampling_options
 
 TOKEN = "gen-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -431,6 +431,19 @@ def test_streaming(client: TestClient, fake: FakeGenerator) -> None:
     assert stream_text(chunks, "chat") == fake.tokenizer.decode(fake.ids[:4])
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
     assert (fake.completed, fake.aborted) == (2, 0)
+
+
+@pytest.mark.parametrize("kind", ["completions", "chat_completions"])
+def test_stream_events_serialize_their_chunks(kind: Any) -> None:
+    """The per-token event comes from a template; it must be the chunk object, byte for byte."""
+    answer = Answer(kind, 'a "quoted" model\u00e9')
+    texts = ["", "hi", ' q"uo\\te\n\t\x01', "\u00e9\u4e2d\U0001f600", "</script>"]
+    for text in texts:
+        for finish in (None, "stop", "length", "abort"):
+            chunk = answer.chunk(text, finish)
+            expected = f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+            assert answer.chunk_event(text, finish) == expected
+            assert json.loads(expected[len("data: ") :]) == chunk
 
 
 @pytest.mark.parametrize("stream", [False, True])

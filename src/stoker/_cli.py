@@ -73,6 +73,10 @@ def serve(
         bool,
         typer.Option(help="text-generation: launch each step before the last one's tokens"),
     ] = True,
+    engine_process: Annotated[
+        bool,
+        typer.Option(help="text-generation: run the engine in a process of its own"),
+    ] = False,
     name: Annotated[str | None, typer.Option(help="model name in URLs (default: --model)")] = None,
     config: Annotated[
         Path | None, typer.Option(help="TOML file with [server] and [[models]] tables")
@@ -166,6 +170,7 @@ def serve(
                 max_model_len=max_model_len,
                 speculative_tokens=speculative_tokens,
                 schedule_ahead=schedule_ahead,
+                engine_process=engine_process,
                 weights=weights,
                 device=device,
                 dtype=dtype,

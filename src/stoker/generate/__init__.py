@@ -7,6 +7,7 @@ Needs torch, safetensors and tokenizers (the ``generate`` extra).
 from stoker.generate._config import DecoderConfig, read_config
 from stoker.generate._engine import GenerateEngine
 from stoker.generate._model import Decoder, StepBatch, load_weights
+from stoker.generate._remote import RemoteEngine
 from stoker.generate._sampling import sample
 from stoker.generate._speculative import NgramProposer, Proposer, TokenHistory
 from stoker.generate._types import (
@@ -29,6 +30,7 @@ __all__ = [
     "GeneratorStats",
     "NgramProposer",
     "Proposer",
+    "RemoteEngine",
     "SamplingOptions",
     "StepBatch",
     "TokenHistory",

@@ -30,7 +30,15 @@ from stoker._answers import device_error
 from stoker._native import Scheduler, SchedulerStep
 from stoker.generate._config import read_config
 from stoker.generate._model import Decoder, load_weights
-from stoker.generate._requests import Done, Request, collect, deliver, next_chunk
+from stoker.generate._requests import (
+    Done,
+    LoopOutlet,
+    Outlet,
+    Request,
+    collect,
+    deliver,
+    next_chunk,
+)
 from stoker.generate._runner import ModelRunner, Sampled
 from stoker.generate._speculative import Proposer, Speculation
 from stoker.generate._types import (
@@ -40,9 +48,18 @@ from stoker.generate._types import (
     SamplingOptions,
 )
 
-__all__ = ["GenerateEngine"]
+__all__ = ["GenerateEngine", "folder_tokenizer"]
 
 Launched = tuple[SchedulerStep, list[Request], Sampled | None]
+
+
+def folder_tokenizer(folder: Path) -> Tokenizer:
+    """The folder's tokenizer; a folder without one gets an empty stand-in, enough for token-id
+    prompts and outputs (offline use), and serving refuses it."""
+    from tokenizers import models
+
+    path = folder / "tokenizer.json"
+    return Tokenizer.from_file(str(path)) if path.is_file() else Tokenizer(models.BPE())
 
 
 class GenerateEngine:
@@ -93,7 +110,7 @@ class GenerateEngine:
             load_weights(decoder, self.model_folder)
         self.decoder = decoder
         self.eos_token_ids = cfg.eos_token_ids
-        self.tokenizer = self._tokenizer()
+        self.tokenizer = folder_tokenizer(self.model_folder)
         if num_blocks is None:
             num_blocks = decoder.cache_blocks(block_size, kv_cache_fraction, cpu_kv_bytes)
             # On the CPU no more than every sequence at full length.
@@ -127,14 +144,6 @@ class GenerateEngine:
         self._thread = threading.Thread(target=self._loop, name="stoker-generate", daemon=True)
         self._thread.start()
 
-    def _tokenizer(self) -> Tokenizer:
-        """The folder's tokenizer; a folder without one gets an empty stand-in, enough for
-        token-id prompts and outputs (offline use), and serving refuses it."""
-        from tokenizers import models
-
-        path = self.model_folder / "tokenizer.json"
-        return Tokenizer.from_file(str(path)) if path.is_file() else Tokenizer(models.BPE())
-
     # -- callers -----------------------------------------------------------------------------
 
     def _check(self, prompt_ids: Sequence[int], options: SamplingOptions) -> list[int]:
@@ -160,7 +169,17 @@ class GenerateEngine:
             self._cv.notify()
         return seq
 
-    def _abort(self, seq: int) -> None:
+    def submit(
+        self, prompt_ids: Sequence[int], options: SamplingOptions, outlet: Outlet
+    ) -> tuple[int, Request]:
+        """Admits a sequence whose chunks go to ``outlet`` (``stream`` is this on the caller's
+        loop); the returned id aborts it."""
+        request = Request(self._check(prompt_ids, options), options, outlet)
+        return self._submit(request), request
+
+    def abort(self, seq: int) -> None:
+        """Ends a submitted sequence early and frees its KV blocks; an id that already
+        finished is ignored."""
         with self._cv:
             self._aborts.append(seq)
             self._cv.notify()
@@ -168,18 +187,16 @@ class GenerateEngine:
     async def stream(
         self, prompt_ids: Sequence[int], options: SamplingOptions
     ) -> AsyncGenerator[GenerationChunk, None]:
-        prompt = self._check(prompt_ids, options)
-        request = Request(prompt, options, asyncio.get_running_loop())
-        seq = self._submit(request)
+        seq, request = self.submit(prompt_ids, options, LoopOutlet(asyncio.get_running_loop()))
         try:
             while True:
-                item = await next_chunk(request)
+                item = await next_chunk(request.chunks)
                 yield item
                 if item.finish_reason is not None:
                     return
         finally:
             if request.finish is None:
-                self._abort(seq)
+                self.abort(seq)
 
     def generate(
         self, prompts: Sequence[Sequence[int]], options: SamplingOptions | Sequence[SamplingOptions]

@@ -1,5 +1,5 @@
-"""The engine's requests and how their tokens reach the callers: once per step, one wake-up per
-caller's event loop."""
+"""The engine's requests and how their tokens reach the callers: once per step, one hand-over per
+outlet (a caller's event loop, or the pipe to another process)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,51 @@ import contextlib
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from stoker.generate._types import GenerationChunk, SamplingOptions
 
-__all__ = ["Done", "Request", "Updates", "collect", "deliver", "next_chunk"]
+__all__ = [
+    "Done",
+    "LoopOutlet",
+    "Outlet",
+    "Request",
+    "Updates",
+    "collect",
+    "deliver",
+    "next_chunk",
+]
 
 _REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+class Outlet(Protocol):
+    """Where a step's chunks for some of its requests go, called on the engine's thread."""
+
+    def hand_out(
+        self, items: list[tuple[Request, GenerationChunk]], error: BaseException | None
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopOutlet:
+    """The requests of one asyncio loop: their chunks go into their queues on that loop."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def hand_out(
+        self, items: list[tuple[Request, GenerationChunk]], error: BaseException | None
+    ) -> None:
+        # A closed loop raises RuntimeError: that caller is gone and nobody waits any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_hand_out, items, error)
 
 
 @dataclass(eq=False)
 class Request:
     prompt: list[int]
     options: SamplingOptions
-    loop: asyncio.AbstractEventLoop | None  # None: an offline request, waited on by `done`
+    outlet: Outlet | None  # None: an offline request, waited on by `done`
     chunks: asyncio.Queue[GenerationChunk | BaseException] = field(default_factory=asyncio.Queue)
     generated: list[int] = field(default_factory=list)
     cached: int = -1  # prompt tokens the prefix cache held; known at the first schedule
@@ -55,10 +87,8 @@ def collect(done: Done) -> Updates:
 
 
 def deliver(updates: Updates, error: BaseException | None = None) -> None:
-    """Settles each request's state and hands its chunk (or ``error``) to its caller's loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, GenerationChunk]]] = defaultdict(
-        list
-    )
+    """Settles each request's state and hands its chunk (or ``error``) to its outlet."""
+    by_outlet: dict[Outlet, list[tuple[Request, GenerationChunk]]] = defaultdict(list)
     for request, (tokens, reason) in updates.items():
         if error is not None:
             request.error, request.finish = error, "abort"
@@ -66,14 +96,12 @@ def deliver(updates: Updates, error: BaseException | None = None) -> None:
             request.finish = reason
         if request.finish is not None:
             request.done.set()
-        if request.loop is None:
+        if request.outlet is None:
             continue
         chunk = GenerationChunk(tokens, reason, len(request.prompt), max(request.cached, 0))  # type: ignore[arg-type]
-        by_loop[request.loop].append((request, chunk))
-    for loop, items in by_loop.items():
-        # A closed loop raises RuntimeError: that caller is gone and nobody waits any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_hand_out, items, error)
+        by_outlet[request.outlet].append((request, chunk))
+    for outlet, items in by_outlet.items():
+        outlet.hand_out(items, error)
 
 
 def _hand_out(items: list[tuple[Request, GenerationChunk]], error: BaseException | None) -> None:
@@ -81,15 +109,15 @@ def _hand_out(items: list[tuple[Request, GenerationChunk]], error: BaseException
         request.chunks.put_nowait(error if error is not None else chunk)
 
 
-async def next_chunk(request: Request) -> GenerationChunk:
-    """The request's next chunk for its caller; raises the request's error instead.
+async def next_chunk(chunks: asyncio.Queue[GenerationChunk | BaseException]) -> GenerationChunk:
+    """A request's next chunk for its caller; raises the request's error instead.
 
     A caller that fell behind gets what piled up as one chunk: under load that saves a wake-up
     and a response event per token."""
-    item = await request.chunks.get()
+    item = await chunks.get()
     while isinstance(item, GenerationChunk) and item.finish_reason is None:
         try:
-            more = request.chunks.get_nowait()
+            more = chunks.get_nowait()
         except asyncio.QueueEmpty:
             break
         if isinstance(more, BaseException):

@@ -140,14 +140,15 @@ def _generators(config: ServerConfig) -> dict[str, ServedGenerator]:
     wanted = [m for m in config.models if m.task == "text-generation"]
     if not wanted:
         return {}
-    from stoker.generate import GenerateEngine, NgramProposer
+    from stoker.generate import GenerateEngine, NgramProposer, RemoteEngine
 
     engines: dict[str, ServedGenerator] = {}
     try:
         for m in wanted:
             if not (Path(m.model) / "tokenizer.json").is_file():
                 raise ValueError(f"{m.model} has no tokenizer.json: text-generation needs one")
-            engines[m.name] = GenerateEngine(
+            kind = RemoteEngine if m.engine_process else GenerateEngine
+            engines[m.name] = kind(
                 m.model,
                 device=m.device,
                 dtype=TORCH_DTYPES[m.dtype] if m.dtype else None,

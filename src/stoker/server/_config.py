@@ -84,6 +84,9 @@ class ModelConfig:
     schedule_ahead: bool = True
     """text-generation: launch each step before the last one's tokens are known (without
     speculative decoding); False waits for them, the baseline of an A/B comparison."""
+    engine_process: bool = False
+    """text-generation: run the engine in a child process of its own, so that its per-step
+    Python never waits for the interpreter lock held by the server's per-token work."""
     devices: tuple[str, ...] | None = None
     """image-classification: one engine per device behind a least-loaded router (cpu, cuda:N,
     or N for cuda:N); ``device`` then becomes the first of them."""

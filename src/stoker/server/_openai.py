@@ -240,17 +240,20 @@ class OpenAIRoutes:
             headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
 
-            async def emit(data: dict[str, Any] | str) -> None:
-                text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-                event = f"data: {text}\n\n".encode()
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+            async def emit(data: dict[str, Any] | str | bytes) -> None:
+                if not isinstance(data, bytes):
+                    text = (
+                        data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+                    )
+                    data = f"data: {text}\n\n".encode()
+                await send({"type": "http.response.body", "body": data, "more_body": True})
 
             if answer.kind == "chat_completions":
                 await emit(answer.chunk("", None, role=True))
             try:
                 while True:
                     if text or finish:
-                        await emit(answer.chunk(text, finish))
+                        await emit(answer.chunk_event(text, finish))
                     if finish:
                         break
                     text, finish = await anext(events)

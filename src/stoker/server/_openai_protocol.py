@@ -3,6 +3,7 @@ response objects, free of any transport (``_openai`` serves them over ASGI)."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -170,11 +171,17 @@ class Answer:
     model: str
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    # A stream chunk's serialized text up to its finish reason, the same for every chunk of the
+    # request: each token then costs two string escapes, not a dict and an encoder pass.
+    _event_head: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.id:
             prefix = "cmpl" if self.kind == "completions" else "chatcmpl"
             object.__setattr__(self, "id", f"{prefix}-{uuid.uuid4().hex}")
+        head = json.dumps(self._head(".chunk"), separators=(",", ":"))[:-1]
+        head = f'data: {head},"choices":[{{"index":0,"logprobs":null,"finish_reason":'
+        object.__setattr__(self, "_event_head", head.encode())
 
     def _head(self, suffix: str) -> dict[str, Any]:
         obj = "text_completion" if self.kind == "completions" else "chat.completion" + suffix
@@ -198,6 +205,18 @@ class Answer:
                 delta["content"] = text
             choice["delta"] = delta
         return {**self._head(".chunk"), "choices": [choice]}
+
+    def chunk_event(self, text: str, finish: FinishReason | None) -> bytes:
+        """``chunk(text, finish)`` as a server-sent event, serialized from the request's
+        template."""
+        reason = "null" if finish is None else json.dumps(finish)
+        if self.kind == "completions":
+            body = f',"text":{json.dumps(text)}}}]}}\n\n'
+        elif text:
+            body = f',"delta":{{"content":{json.dumps(text)}}}}}]}}\n\n'
+        else:
+            body = ',"delta":{}}]}\n\n'
+        return self._event_head + (reason + body).encode()
 
     def usage_chunk(self, used: dict[str, Any]) -> dict[str, Any]:
         return {**self._head(".chunk"), "choices": [], "usage": used}

@@ -1,0 +1,189 @@
+"""The generation engine in a process of its own (``RemoteEngine``): the same tokens as in
+process, aborts, refusals, a child that fails to start or dies, and serving through it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+pytest.importorskip("safetensors")
+
+from stoker.generate import (  # noqa: E402
+    GenerationError,
+    RemoteEngine,
+    SamplingOptions,
+)
+
+GREEDY = SamplingOptions(max_tokens=12, temperature=0.0, ignore_eos=True)
+PROMPTS = [[5, 6, 7], [11, 12, 13, 14, 15, 16, 17], [40] * 30, [3, 9, 27, 81]]
+
+
+@pytest.fixture(scope="module")
+def remote(llama: Path) -> Iterator[RemoteEngine]:
+    engine = RemoteEngine(llama, max_num_seqs=4, block_size=8)
+    yield engine
+    engine.close()
+
+
+async def _collect(engine: Any, prompt: list[int], options: SamplingOptions) -> list[int]:
+    got: list[int] = []
+    async for chunk in engine.stream(prompt, options):
+        got += chunk.token_ids
+    return got
+
+
+async def _settled(engine: RemoteEngine) -> Any:
+    """The child's counters once nothing runs. They arrive on the loop that streams, within the
+    child's 0.1 s posting period, so this waits on that loop."""
+    for _ in range(100):
+        stats = engine.stats()
+        if stats.running == 0 and stats.kv_blocks_free == stats.kv_blocks:
+            return stats
+        await asyncio.sleep(0.02)
+    return engine.stats()
+
+
+def test_remote_streams_the_in_process_tokens(
+    llama: Path, remote: RemoteEngine, engine_of: Any
+) -> None:
+    expected = engine_of(llama, max_num_seqs=4, block_size=8).generate(PROMPTS, GREEDY)
+
+    async def all_at_once() -> tuple[list[list[int]], Any]:
+        got = await asyncio.gather(*(_collect(remote, p, GREEDY) for p in PROMPTS))
+        return list(got), await _settled(remote)
+
+    before = remote.stats().generated_tokens
+    got, stats = asyncio.run(all_at_once())
+    assert got == expected
+    assert stats.generated_tokens - before == sum(map(len, expected))
+    assert remote.max_model_len > 0 and remote.tokenizer.get_vocab_size() > 0
+
+
+def test_leaving_a_remote_stream_aborts_and_frees_blocks(remote: RemoteEngine) -> None:
+    long = SamplingOptions(max_tokens=400, temperature=0.0, ignore_eos=True)
+
+    async def take_three() -> tuple[list[int], Any]:
+        got: list[int] = []
+        async for chunk in remote.stream(PROMPTS[1], long):
+            got += chunk.token_ids
+            if len(got) >= 3:
+                break
+        return got, await _settled(remote)
+
+    got, stats = asyncio.run(take_three())
+    assert 3 <= len(got) < 400
+    assert stats.running == 0 and stats.kv_blocks_free == stats.kv_blocks
+    # Cancelling a waiting caller aborts too.
+
+    async def cancel_one() -> Any:
+        task = asyncio.ensure_future(_collect(remote, PROMPTS[0], long))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await _settled(remote)
+
+    stats = asyncio.run(cancel_one())
+    assert stats.running == 0 and stats.kv_blocks_free == stats.kv_blocks
+
+
+def test_remote_refusals_name_the_problem(remote: RemoteEngine) -> None:
+    async def refused(prompt: list[int], options: SamplingOptions) -> None:
+        await _collect(remote, prompt, options)
+
+    with pytest.raises(GenerationError, match="exceeds"):
+        asyncio.run(refused([5] * 10, SamplingOptions(max_tokens=10**6)))
+    with pytest.raises(GenerationError, match="token ids"):
+        asyncio.run(refused([10**6], GREEDY))
+    with pytest.raises(GenerationError, match="top_p"):
+        asyncio.run(refused([5], SamplingOptions(top_p=0.0)))
+    assert len(asyncio.run(_collect(remote, [5, 6], GREEDY))) == GREEDY.max_tokens
+
+
+def test_a_remote_engine_serves_one_loop_at_a_time(remote: RemoteEngine) -> None:
+    errors: list[BaseException] = []
+
+    def elsewhere() -> None:
+        try:
+            asyncio.run(_collect(remote, [5], GREEDY))
+        except BaseException as e:
+            errors.append(e)
+
+    async def first() -> None:
+        await _collect(remote, [5], GREEDY)
+        other = threading.Thread(target=elsewhere)
+        other.start()
+        await asyncio.to_thread(other.join)
+
+    asyncio.run(first())
+    assert len(errors) == 1 and "one event loop" in str(errors[0])
+    # Once the first loop is closed, another may take over.
+    assert len(asyncio.run(_collect(remote, [7], GREEDY))) == GREEDY.max_tokens
+
+
+def test_an_engine_that_cannot_start_says_why(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        RemoteEngine(tmp_path / "missing")
+
+
+def test_a_dead_engine_process_fails_its_streams(llama: Path) -> None:
+    engine = RemoteEngine(llama, max_num_seqs=2)
+    long = SamplingOptions(max_tokens=500, temperature=0.0, ignore_eos=True)
+
+    async def killed_midway() -> None:
+        got: list[int] = []
+        with pytest.raises(RuntimeError, match="exited"):
+            async for chunk in engine.stream([5, 6, 7], long):
+                got += chunk.token_ids
+                if len(got) >= 2 and engine._process.poll() is None:
+                    engine._process.kill()
+        assert 2 <= len(got) < 500
+        with pytest.raises(RuntimeError, match="exited"):
+            await _collect(engine, [5], GREEDY)
+
+    try:
+        asyncio.run(killed_midway())
+    finally:
+        engine.close()
+    assert engine._process.returncode is not None
+
+
+def test_served_with_the_engine_in_its_own_process(llama: Path, engine_of: Any) -> None:
+    pytest.importorskip("fastapi", reason="needs the server extra")
+    from fastapi.testclient import TestClient
+    from tokenizers import Tokenizer
+
+    from stoker.server import ModelConfig, ServerConfig, create_app
+
+    prompt = PROMPTS[1]
+    expected = engine_of(llama, max_num_seqs=2).generate([prompt], SamplingOptions(12, 0.0))[0]
+    text = Tokenizer.from_file(str(llama / "tokenizer.json")).decode(expected)
+    model = ModelConfig(
+        name="llm", model=str(llama), task="text-generation", max_num_seqs=4, engine_process=True
+    )
+    body = {"model": "llm", "prompt": prompt, "max_tokens": 12, "temperature": 0}
+    with TestClient(create_app(ServerConfig(models=(model,)))) as client:
+        done = client.post("/v1/completions", json=body)
+        assert done.status_code == 200, done.text
+        assert done.json()["usage"]["completion_tokens"] == len(expected)
+        assert done.json()["choices"][0]["text"] == text
+        streamed = client.post("/v1/completions", json={**body, "stream": True})
+        pieces = [
+            json.loads(line[len("data: ") :])["choices"][0]["text"]
+            for line in streamed.text.splitlines()
+            if line.startswith("data: {")
+        ]
+        assert "".join(pieces) == text
+        metrics = client.get("/metrics").text
+        assert 'stoker_generation_tokens_total{model="llm"}' in metrics
+        too_long = client.post("/v1/completions", json={**body, "max_tokens": 10**6})
+        assert too_long.status_code == 400
