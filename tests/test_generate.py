@@ -255,7 +255,10 @@ def test_unsupported_models_are_named(tmp_path: Path) -> None:
         read_config(tmp_path / "missing")
 
 
-def test_served_through_the_completion_endpoints(llama: Path, engine_of: Any) -> None:
+@pytest.mark.parametrize("engine_process", [False, True])
+def test_served_through_the_completion_endpoints(
+    llama: Path, engine_of: Any, engine_process: bool
+) -> None:
     pytest.importorskip("fastapi", reason="needs the server extra")
     from fastapi.testclient import TestClient
     from tokenizers import Tokenizer
@@ -265,7 +268,13 @@ def test_served_through_the_completion_endpoints(llama: Path, engine_of: Any) ->
     prompt = _prompts(1, seed=23)[0]
     expected = engine_of(llama, max_num_seqs=2).generate([prompt], SamplingOptions(12, 0.0))[0]
     text = Tokenizer.from_file(str(llama / "tokenizer.json")).decode(expected)
-    model = ModelConfig(name="llm", model=str(llama), task="text-generation", max_num_seqs=4)
+    model = ModelConfig(
+        name="llm",
+        model=str(llama),
+        task="text-generation",
+        max_num_seqs=4,
+        engine_process=engine_process,
+    )
     body = {"model": "llm", "prompt": prompt, "max_tokens": 12, "temperature": 0}
     with TestClient(create_app(ServerConfig(models=(model,)))) as client:
         done = client.post("/v1/completions", json=body)

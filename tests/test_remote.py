@@ -1,10 +1,9 @@
 """The generation engine in a process of its own (``RemoteEngine``): the same tokens as in
-process, aborts, refusals, a child that fails to start or dies, and serving through it."""
+process, aborts, refusals, and a child that fails to start or dies (served: test_generate)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,35 +154,3 @@ def test_a_dead_engine_process_fails_its_streams(llama: Path) -> None:
     finally:
         engine.close()
     assert engine._process.returncode is not None
-
-
-def test_served_with_the_engine_in_its_own_process(llama: Path, engine_of: Any) -> None:
-    pytest.importorskip("fastapi", reason="needs the server extra")
-    from fastapi.testclient import TestClient
-    from tokenizers import Tokenizer
-
-    from stoker.server import ModelConfig, ServerConfig, create_app
-
-    prompt = PROMPTS[1]
-    expected = engine_of(llama, max_num_seqs=2).generate([prompt], SamplingOptions(12, 0.0))[0]
-    text = Tokenizer.from_file(str(llama / "tokenizer.json")).decode(expected)
-    model = ModelConfig(
-        name="llm", model=str(llama), task="text-generation", max_num_seqs=4, engine_process=True
-    )
-    body = {"model": "llm", "prompt": prompt, "max_tokens": 12, "temperature": 0}
-    with TestClient(create_app(ServerConfig(models=(model,)))) as client:
-        done = client.post("/v1/completions", json=body)
-        assert done.status_code == 200, done.text
-        assert done.json()["usage"]["completion_tokens"] == len(expected)
-        assert done.json()["choices"][0]["text"] == text
-        streamed = client.post("/v1/completions", json={**body, "stream": True})
-        pieces = [
-            json.loads(line[len("data: ") :])["choices"][0]["text"]
-            for line in streamed.text.splitlines()
-            if line.startswith("data: {")
-        ]
-        assert "".join(pieces) == text
-        metrics = client.get("/metrics").text
-        assert 'stoker_generation_tokens_total{model="llm"}' in metrics
-        too_long = client.post("/v1/completions", json={**body, "max_tokens": 10**6})
-        assert too_long.status_code == 400
