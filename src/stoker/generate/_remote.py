@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import multiprocessing
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -279,6 +280,9 @@ class _Child:
 
 def child_main(fd: int) -> None:
     """The child process: serves the engine its parent asks for on the pipe end ``fd``."""
+    # Ctrl-C in a terminal reaches the whole process group: the parent's shutdown closes the
+    # engine in order, and a parent that dies closes the pipe, which ends this process too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(fd)
     _, model, name, options = conn.recv()
     try:
