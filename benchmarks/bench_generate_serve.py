@@ -111,6 +111,18 @@ def started_server(args: argparse.Namespace) -> Iterator[tuple[str, int, int]]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            _print_tracebacks(log_path)
+
+
+def _print_tracebacks(log_path: Path, most: int = 60) -> None:
+    """The server's tracebacks, if it logged any: a failed request's cause, kept beside the
+    figures (the log itself may be a temporary file on a machine that goes away)."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+    if not starts:
+        return
+    print(f"server log: {len(starts)} traceback(s); the first:", file=sys.stderr)
+    print("  " + "\n  ".join(lines[starts[0] : starts[0] + most]), file=sys.stderr)
 
 
 # -- figures ----------------------------------------------------------------------------------
