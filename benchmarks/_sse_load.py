@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -356,6 +357,9 @@ def _client_main(plan: Plan, ready: Any, go: Any, start: Any, results: Any) -> N
     """A client process: says it is ready, waits for the common start, returns its samples."""
     try:
         ready.put(plan.index)
+        # A full collection over the imported modules would stall the reads it times.
+        gc.collect()
+        gc.freeze()
         go.wait()
         out = asyncio.run(_Client(plan, start.value).run())
     except BaseException:

@@ -86,12 +86,15 @@ def _workload(n: int, lo: int, hi: int, vocab: int, seed: int) -> list[tuple[lis
 
 
 def _idle(engine: GenerateEngine) -> dict[str, float]:
-    """GPU idle time between consecutive decode steps, as a share of their busy time."""
+    """GPU idle time between consecutive decode steps, as a share of their busy time; the GPU
+    time of steps with prompt tokens beside."""
     timeline = engine.runner.timeline or []
     torch.cuda.synchronize()
-    gaps, busy, sampling, big = [], [], [], []
+    gaps, busy, sampling, big, mixed = [], [], [], [], []
     for (_, _, end, _, _), (start, mid, end2, rows, decode) in itertools.pairwise(timeline):
-        if decode:
+        if not decode:
+            mixed.append(start.elapsed_time(end2))
+        else:
             gaps.append(end.elapsed_time(start))
             busy.append(start.elapsed_time(end2))
             sampling.append(mid.elapsed_time(end2))
@@ -107,6 +110,8 @@ def _idle(engine: GenerateEngine) -> dict[str, float]:
         "gap_ms_median": statistics.median(gaps),
         "gap_ms_p90": sorted(gaps)[int(0.9 * len(gaps))],
         "idle_share": sum(gaps) / sum(busy),
+        "prompt_steps": len(mixed),
+        "prompt_step_ms_median": statistics.median(mixed) if mixed else 0.0,
     }
 
 
@@ -297,6 +302,10 @@ def main() -> None:
             f"({s['step_ms_median_192_rows_up']:.2f} ms at >= 192 rows, sampling "
             f"{s['sampling_ms_median']:.2f} ms), gap median {s['gap_ms_median'] * 1e3:.0f} us "
             f"(p90 {s['gap_ms_p90'] * 1e3:.0f}), GPU idle {100 * s['idle_share']:.2f}% of steps"
+        )
+        print(
+            f"        {s['prompt_steps']} steps with prompt tokens, median "
+            f"{s['prompt_step_ms_median']:.2f} ms"
         )
     if "prefix" in s:
         x = s["prefix"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import struct
 import sys
@@ -319,6 +320,22 @@ def test_switch_interval_holds_while_serving_and_is_restored_after() -> None:
     for bad in (0.0, -1.0, 1001.0):
         with pytest.raises(ValueError, match="switch_interval_ms"):
             ServerConfig(models=(model_config(),), switch_interval_ms=bad)
+
+
+def test_the_heap_loaded_before_serving_is_frozen_while_serving() -> None:
+    assert gc.get_freeze_count() == 0
+    marker = [object()]  # alive before serving starts, like the application and its models
+
+    def scanned() -> bool:
+        return any(o is marker for o in gc.get_objects())
+
+    assert scanned()
+    with TestClient(server()) as c:
+        assert gc.get_freeze_count() > 1000
+        assert not scanned()
+        assert c.get("/v2/health/ready").status_code == 200
+    assert gc.get_freeze_count() == 0
+    assert scanned()
 
 
 def test_cli_serve_validates_its_arguments() -> None:

@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from stoker._heap import frozen_heap
 from stoker.generate._engine import GenerateEngine, folder_tokenizer
 from stoker.generate._requests import Request, next_chunk
 from stoker.generate._types import GenerationChunk, GeneratorStats, SamplingOptions
@@ -303,7 +304,8 @@ def child_main(fd: int) -> None:
     try:
         conn.send(("ready", info))
         watcher.start()
-        child.serve()
+        with frozen_heap():
+            child.serve()
     finally:
         stop.set()
         if watcher.is_alive():

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from stoker._heap import frozen_heap
 from stoker._models import ModelLike
 from stoker._runner import TORCH_DTYPES
 from stoker.server._config import ServerConfig, switch_interval
@@ -187,7 +188,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        with switch_interval(config.switch_interval_ms):
+        with switch_interval(config.switch_interval_ms), frozen_heap():
             yield
         openai.close()
         front.close()

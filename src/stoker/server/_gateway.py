@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from stoker import _native
 from stoker._engine import Engine
+from stoker._heap import frozen_heap
 from stoker._models import ModelLike
 from stoker.server._app import create_app
 from stoker.server._config import ServerConfig, switch_interval
@@ -253,7 +254,7 @@ def serve_native(config: ServerConfig, *, io_threads: int = 1, drain_s: float = 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         print(f"stoker serving on http://{config.host}:{server.port}", flush=True)
-        with switch_interval(config.switch_interval_ms):
+        with switch_interval(config.switch_interval_ms), frozen_heap():
             await server.serve(stop)
 
     asyncio.run(main())
