@@ -237,6 +237,19 @@ def test_triton_random_steps(seed: int, group: int, block_size: int) -> None:
 
 
 @needs_triton
+@pytest.mark.parametrize(("n_q", "small"), [(2, 16), (4, 8), (16, 2)])
+def test_triton_rows_either_side_of_the_small_tile(n_q: int, small: int) -> None:
+    # Rows of up to `small` query tokens run in the launch with decode tiles, longer rows in the
+    # launch with wide tiles; a row of each length at the boundary, among decode rows.
+    q_lens = [1, small, small + 1, 1, 2 * small + 3, 0]
+    ctx = [40, small + 5, small + 1, 9, 2 * small + 20, 0]
+    step = make_step(q_lens, ctx, n_q=n_q, n_kv=2, head_dim=16, seed=8)
+    want = attend(step, 0.3, "torch")
+    assert_close(want, dense(step, 0.3), torch.float32)
+    assert_close(attend(step.to(DEVICE), 0.3, "triton"), want, torch.float32)
+
+
+@needs_triton
 def test_triton_decode_step_and_loose_max_query_len() -> None:
     step = make_step([1] * 5 + [0], [1, 17, 32, 33, 100, 0], n_q=8, n_kv=2, seed=5)
     want = attend(step, 0.25, "torch").to(DEVICE)

@@ -69,6 +69,8 @@ def _paged_attention_kernel(
     sv_o: tl.tensor,
     sv_h: tl.tensor,
     st_b: tl.tensor,
+    q_min: tl.tensor,
+    q_max: tl.tensor,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     PAGE: tl.constexpr,
@@ -78,14 +80,15 @@ def _paged_attention_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ) -> None:
-    """One (query tile, kv head, sequence): rows are TOKENS query tokens x GROUP q heads."""
+    """One (query tile, kv head, sequence): rows are TOKENS query tokens x GROUP q heads. Only
+    sequences of q_min to q_max query tokens: the others are another launch's."""
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = tl.program_id(2)
     q_start = tl.load(cu_ptr + seq)
     q_len = tl.load(cu_ptr + seq + 1) - q_start
     # Past the sequence's queries (padding rows included): the grid covers max_query_len.
-    if tile * TOKENS >= q_len:
+    if (tile * TOKENS >= q_len) | (q_len < q_min) | (q_len > q_max):
         return
     ctx = tl.load(ctx_ptr + seq)
 
@@ -328,36 +331,49 @@ def paged_attention_triton(
         return out
     interpreted = q.device.type == "cpu"
     group = q.shape[1] // n_kv
-    rows, tokens, keys = _tiles(group, max_query_len, q.dtype, head_dim)
-    grid = (triton.cdiv(max_query_len, tokens), n_kv, batch)
     kernel = _interpreted() if interpreted else cast(Any, _paged_attention_kernel)
+    # A step that mixes decode rows with prompt chunks runs in two launches: the decode rows on
+    # the small tiles a decode step uses, the chunks on wide ones. One launch on wide tiles would
+    # spend a wide tile's registers (fewer programs per SM) on every one-token row, which in
+    # such a step are most of the attention's work.
+    small = _tiles(group, 1, q.dtype, head_dim)[1]
+    launches = [(0, max_query_len)]
+    if max_query_len > small:
+        launches = [(0, small), (small + 1, max_query_len)]
+    args = (
+        q,
+        k_cache,
+        v_cache,
+        out,
+        cu_query_lens,
+        context_lens,
+        block_tables,
+        scale * _LOG2E,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        *k_cache.stride()[:3],
+        *v_cache.stride()[:3],
+        block_tables.stride(0),
+    )
     with on_device(q.device):
-        kernel[grid](
-            q,
-            k_cache,
-            v_cache,
-            out,
-            cu_query_lens,
-            context_lens,
-            block_tables,
-            scale * _LOG2E,
-            q.stride(0),
-            q.stride(1),
-            out.stride(0),
-            out.stride(1),
-            *k_cache.stride()[:3],
-            *v_cache.stride()[:3],
-            block_tables.stride(0),
-            GROUP=group,
-            HEAD_DIM=head_dim,
-            PAGE=k_cache.shape[1],
-            ROWS=rows,
-            TOKENS=tokens,
-            KEYS=_KEYS_INTERPRETED if interpreted else keys,
-            PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-            UPCAST=interpreted and q.dtype == torch.bfloat16,
-            num_warps=4,
-        )
+        for q_min, q_max in launches:
+            rows, tokens, keys = _tiles(group, q_max, q.dtype, head_dim)
+            kernel[(triton.cdiv(q_max, tokens), n_kv, batch)](
+                *args,
+                q_min,
+                q_max,
+                GROUP=group,
+                HEAD_DIM=head_dim,
+                PAGE=k_cache.shape[1],
+                ROWS=rows,
+                TOKENS=tokens,
+                KEYS=_KEYS_INTERPRETED if interpreted else keys,
+                PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                UPCAST=interpreted and q.dtype == torch.bfloat16,
+                num_warps=4,
+            )
     return out
 
 
