@@ -14,6 +14,7 @@ import queue
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -367,8 +368,11 @@ def _client_main(plan: Plan, ready: Any, go: Any, start: Any, results: Any) -> N
     results.put((plan.index, out))
 
 
-def run_clients(plans: list[Plan], server_pid: int | None) -> tuple[list[dict[str, Any]], float]:
-    """Every process's samples, and the server process's CPU share over the window (or NaN)."""
+def run_clients(
+    plans: list[Plan], server_pid: int | None, on_window: Callable[[], None] | None = None
+) -> tuple[list[dict[str, Any]], float]:
+    """Every process's samples, and the server process's CPU share over the window (or NaN).
+    ``on_window`` runs where the measured window starts and again once every client is done."""
     ctx = mp.get_context("spawn")
     ready, results, go, start = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
     procs = [
@@ -392,6 +396,8 @@ def run_clients(plans: list[Plan], server_pid: int | None) -> tuple[list[dict[st
         measure_from = start.value + plans[0].warmup
         time.sleep(max(measure_from - time.monotonic(), 0.0))
         server0, wall0 = _cpu_seconds(server_pid), time.monotonic()
+        if on_window is not None:
+            on_window()
         outs: dict[int, dict[str, Any]] = {}
         while len(outs) < len(procs):
             try:
@@ -405,6 +411,8 @@ def run_clients(plans: list[Plan], server_pid: int | None) -> tuple[list[dict[st
             if dead:
                 raise RuntimeError(f"a client process exited with status {dead[0].exitcode}")
         server_share = (_cpu_seconds(server_pid) - server0) / (time.monotonic() - wall0)
+        if on_window is not None:
+            on_window()
     finally:
         for proc in procs:
             proc.join(timeout=10)

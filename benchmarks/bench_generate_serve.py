@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +128,58 @@ def _print_tracebacks(log_path: Path, most: int = 60) -> None:
 
 # -- figures ----------------------------------------------------------------------------------
 
+_STEPS = "stoker_generation_step_seconds"
+
+
+def scrape_steps(host: str, port: int, token: str | None) -> dict[str, dict[str, Any]]:
+    """The server's step-time histogram by kind (cumulative counts by bound, seconds); empty
+    when the server exports none."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://{host}:{port}/metrics", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != _STEPS:
+            continue
+        for sample in family.samples:
+            entry = out.setdefault(sample.labels["kind"], {"buckets": {}, "seconds": 0.0})
+            if sample.name == _STEPS + "_bucket":
+                entry["buckets"][float(sample.labels["le"])] = sample.value
+            elif sample.name == _STEPS + "_sum":
+                entry["seconds"] = sample.value
+    return out
+
+
+def step_figures(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per kind of step, over the window: how many, their mean, and the bucket bounds that hold
+    their median and 99th percentile (ms)."""
+    figures = {}
+    for kind, end in after.items():
+        start = before.get(kind, {"buckets": {}, "seconds": 0.0})
+        bounds = sorted(end["buckets"])
+        counts = [end["buckets"][b] - start["buckets"].get(b, 0.0) for b in bounds]
+        n = counts[-1] if counts else 0.0
+        if n <= 0:
+            continue
+
+        figures[kind] = {
+            "n": n,
+            "mean_ms": (end["seconds"] - start["seconds"]) / n * 1e3,
+            "p50_ms_at_most": _bound_holding(0.5 * n, bounds, counts) * 1e3,
+            "p99_ms_at_most": _bound_holding(0.99 * n, bounds, counts) * 1e3,
+        }
+    return figures
+
+
+def _bound_holding(rank: float, bounds: list[float], cumulative: list[float]) -> float:
+    return next(b for b, c in zip(bounds, cumulative, strict=True) if c >= rank)
+
 
 def _percentiles(seconds: np.ndarray[Any, Any]) -> dict[str, float]:
     if not len(seconds):
@@ -144,7 +197,10 @@ def _percentiles(seconds: np.ndarray[Any, Any]) -> dict[str, float]:
 
 
 def summarize(
-    args: argparse.Namespace, outs: list[dict[str, Any]], server_share: float
+    args: argparse.Namespace,
+    outs: list[dict[str, Any]],
+    server_share: float,
+    steps: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     def joined(key: str) -> np.ndarray[Any, Any]:
         return np.concatenate([o[key] for o in outs])
@@ -193,6 +249,7 @@ def summarize(
             "max": float(lag.max() * 1e3) if len(lag) else 0.0,
         },
         "server_cpu_share": None if np.isnan(server_share) else server_share,
+        "engine_steps": steps,
         "errors": dict(errors),
         "host": platform.node(),
         "cpus": os.cpu_count(),
@@ -230,6 +287,12 @@ def report(s: dict[str, Any]) -> str:
             f"CPU           client processes {cpu} of a core{server}; client loop lag p99 "
             f"{lag['p99']:.2f} ms, max {lag['max']:.2f} ms",
             f"errors        {errors}",
+            *(
+                f"steps {kind:<8}n={p['n']:.0f}, mean {p['mean_ms']:.2f} ms, p50 <= "
+                f"{p['p50_ms_at_most']:g} ms, p99 <= {p['p99_ms_at_most']:g} ms (server's "
+                "step-time histogram)"
+                for kind, p in s["engine_steps"].items()
+            ),
         ]
     )
 
@@ -324,8 +387,13 @@ def main() -> None:
                 raise SystemExit("give a plain http URL such as http://127.0.0.1:8000")
             host, port, server_pid = parts.hostname, parts.port or 80, None
             wait_ready(host, port, 10.0)
-        outs, server_share = run_clients(plans(args, host, port), server_pid)
-    summary = summarize(args, outs, server_share)
+        scrapes: list[dict[str, dict[str, Any]]] = []
+        outs, server_share = run_clients(
+            plans(args, host, port),
+            server_pid,
+            on_window=lambda: scrapes.append(scrape_steps(host, port, args.token)),
+        )
+    summary = summarize(args, outs, server_share, step_figures(*scrapes))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(report(summary))

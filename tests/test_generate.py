@@ -23,6 +23,7 @@ from _support import free_port, uvicorn_thread  # noqa: E402
 from _tiny_llm import build_model  # noqa: E402
 
 from stoker.generate import (  # noqa: E402
+    STEP_BUCKETS,
     GenerationChunk,
     GenerationError,
     SamplingOptions,
@@ -101,6 +102,23 @@ def test_greedy_survives_chunking_and_preemption(llama: Path, engine_of: Any) ->
     assert stats.preemptions > 0
     assert stats.kv_blocks_free == stats.kv_blocks == 24
     assert got == _reference(llama, prompts, GREEDY.max_tokens)
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_step_times_count_every_step_by_kind(llama: Path, engine_of: Any, ahead: bool) -> None:
+    prompts = _prompts(6, seed=17, lengths=(40, 90))
+    # A 32-token budget takes several steps per prompt; decoding goes on alone after.
+    engine = engine_of(llama, max_num_seqs=6, max_num_batched_tokens=32, schedule_ahead=ahead)
+    before = engine.stats()
+    assert before.decode_steps.count == before.prompt_steps.count == 0
+    engine.generate(prompts, GREEDY)
+    stats = engine.stats()
+    decode, prompt = stats.decode_steps, stats.prompt_steps
+    # The smallest prompt alone needs two steps; decoding needs max_tokens - 1 more.
+    assert prompt.count >= 2 and decode.count >= GREEDY.max_tokens - 1
+    assert decode.count + prompt.count == stats.steps
+    assert decode.seconds > 0 and prompt.seconds > 0
+    assert len(decode.counts) == len(STEP_BUCKETS) + 1
 
 
 def test_scheduling_ahead_changes_no_token(llama: Path, engine_of: Any) -> None:

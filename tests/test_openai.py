@@ -21,11 +21,13 @@ from tokenizers import Tokenizer
 
 from stoker.generate._chat import ChatTemplate, IncrementalDetokenizer, StopStrings, TextStream
 from stoker.generate._types import (
+    STEP_BUCKETS,
     FinishReason,
     GenerationChunk,
     GenerationError,
     GeneratorStats,
     SamplingOptions,
+    StepTimes,
 )
 from stoker.server import ModelConfig, ServerConfig, create_app
 from stoker.server._openai_protocol import Answer, BadRequest, parse_request, sampling_options
@@ -67,6 +69,10 @@ def tokenizer(folder: Path) -> Tokenizer:
     return Tokenizer.from_file(str(folder / "tokenizer.json"))
 
 
+def _counts(where: dict[int, int]) -> tuple[int, ...]:
+    return tuple(where.get(i, 0) for i in range(len(STEP_BUCKETS) + 1))
+
+
 class FakeGenerator:
     """Answers every prompt with the tokens of ``reply`` and an end-of-sequence token, one token
     a chunk, finishing "stop" ("length" at max_tokens); ``finish`` replaces "stop". With
@@ -106,6 +112,9 @@ class FakeGenerator:
             prefix_hit_blocks=3,
             prefix_miss_blocks=1,
             preemptions=5,
+            # Three decode steps of 7, 7 and 40 ms; one prompt step of 0.5 ms.
+            decode_steps=StepTimes(_counts({6: 2, 13: 1}), 0.054),
+            prompt_steps=StepTimes(_counts({0: 1}), 0.0005),
         )
 
     async def stream(
@@ -692,6 +701,16 @@ def test_metrics(client: TestClient, fake: FakeGenerator) -> None:
     assert got[("stoker_kv_cache_usage", model)] == pytest.approx(0.6)
     assert got[("stoker_prefix_cache_hit_rate", model)] == 0.75
     assert got[("stoker_generation_preemptions_total", model)] == 5
+    steps = "stoker_generation_step_seconds"
+
+    def step(suffix: str, kind: str, **le: str) -> float:
+        return got[(steps + suffix, tuple(sorted({"model": NAME, "kind": kind, **le}.items())))]
+
+    assert step("_count", "decode") == 3 and step("_count", "prompt") == 1
+    assert step("_sum", "decode") == pytest.approx(0.054)
+    bounds = ("0.006", "0.008", "0.03", "0.04", "+Inf")
+    assert [step("_bucket", "decode", le=b) for b in bounds] == [0, 2, 2, 3, 3]
+    assert step("_bucket", "prompt", le="0.001") == 1
     for endpoint, code, name in [
         ("completions", "200", NAME),
         ("chat_completions", "200", NAME),

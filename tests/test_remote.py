@@ -64,6 +64,7 @@ def test_remote_streams_the_in_process_tokens(
     got, stats = asyncio.run(all_at_once())
     assert got == expected
     assert stats.generated_tokens - before == sum(map(len, expected))
+    assert stats.decode_steps.count + stats.prompt_steps.count == stats.steps > 0
     assert remote.max_model_len > 0 and remote.tokenizer.get_vocab_size() > 0
 
 

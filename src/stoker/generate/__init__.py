@@ -11,15 +11,18 @@ from stoker.generate._remote import RemoteEngine
 from stoker.generate._sampling import sample
 from stoker.generate._speculative import NgramProposer, Proposer, TokenHistory
 from stoker.generate._types import (
+    STEP_BUCKETS,
     FinishReason,
     GenerationChunk,
     GenerationError,
     Generator,
     GeneratorStats,
     SamplingOptions,
+    StepTimes,
 )
 
 __all__ = [
+    "STEP_BUCKETS",
     "Decoder",
     "DecoderConfig",
     "FinishReason",
@@ -33,6 +36,7 @@ __all__ = [
     "RemoteEngine",
     "SamplingOptions",
     "StepBatch",
+    "StepTimes",
     "TokenHistory",
     "load_weights",
     "read_config",

@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 
 from stoker._answers import device_error
 from stoker._native import Scheduler, SchedulerStep
+from stoker.generate._clock import StepClock
 from stoker.generate._config import read_config
 from stoker.generate._model import Decoder, load_weights
 from stoker.generate._requests import (
@@ -141,6 +142,7 @@ class GenerateEngine:
         self._cv = threading.Condition()
         self._closing = False
         self._counts = defaultdict(int)  # type: defaultdict[str, int]
+        self._clock = StepClock()
         self._thread = threading.Thread(target=self._loop, name="stoker-generate", daemon=True)
         self._thread.start()
 
@@ -217,6 +219,7 @@ class GenerateEngine:
 
     def stats(self) -> GeneratorStats:
         s = self.scheduler
+        decode_steps, prompt_steps = self._clock.times()
         return GeneratorStats(
             running=s.num_running,
             waiting=s.num_waiting,
@@ -230,6 +233,8 @@ class GenerateEngine:
             preemptions=self._counts["preemptions"],
             draft_tokens=self._speculation.draft_tokens if self._speculation else 0,
             accepted_tokens=self._speculation.accepted_tokens if self._speculation else 0,
+            decode_steps=decode_steps,
+            prompt_steps=prompt_steps,
         )
 
     def close(self) -> None:
@@ -285,6 +290,7 @@ class GenerateEngine:
             with contextlib.suppress(Exception):
                 s.update([0] * owed)
         self._owed.clear()
+        self._clock.forget_launched()
         for seq, request in list(self._requests.items()):
             with contextlib.suppress(Exception):
                 s.abort(seq)
@@ -363,6 +369,7 @@ class GenerateEngine:
         else:
             rows = np.arange(len(seq_ids), dtype=np.int64)
         requests = [self._requests[s] for s in sample]
+        self._clock.launched()
         if not requests:
             self.runner.logits(step, rows)  # prefill chunks only: nothing to sample
             return step, requests, None
@@ -381,6 +388,7 @@ class GenerateEngine:
     ) -> Done:
         """Waits for the step's tokens and updates the scheduler."""
         flat = sampled.tokens() if sampled is not None else []
+        self._clock.finished(bool((step.query_lens > step.draft_lens + 1).any()))
         seqs = step.sample.tolist()
         if not seqs:  # nothing sampled, nothing owed
             self._counts["steps"] += 1

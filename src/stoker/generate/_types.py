@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 __all__ = [
+    "STEP_BUCKETS",
     "FinishReason",
     "GenerationChunk",
     "GenerationError",
     "Generator",
     "GeneratorStats",
     "SamplingOptions",
+    "StepTimes",
 ]
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -60,6 +62,30 @@ class GenerationChunk:
     """Prompt tokens whose KV came from the prefix cache (set on the first chunk)."""
 
 
+STEP_BUCKETS = (
+    0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.010, 0.012, 0.015, 0.020, 0.025, 0.030,
+    0.040, 0.050, 0.075, 0.100, 0.200, 0.500, 1.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the step-time histogram's buckets; a last bucket holds the rest."""
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """How long one kind of step took: ``counts[i]`` steps in bucket ``i`` of ``STEP_BUCKETS``
+    (not cumulative; one more bucket past the last bound), ``seconds`` in all.
+
+    A step's time runs from its launch, or the previous step's tokens if they came later, to its
+    own tokens on the host: back to back, the time between one step's tokens and the next's,
+    which is what a stream sees between its tokens."""
+
+    counts: tuple[int, ...] = (0,) * (len(STEP_BUCKETS) + 1)
+    seconds: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
 @dataclass(frozen=True)
 class GeneratorStats:
     """A snapshot of the engine's state and counters since it started."""
@@ -76,6 +102,8 @@ class GeneratorStats:
     preemptions: int = 0
     draft_tokens: int = 0  # speculative drafts verified
     accepted_tokens: int = 0  # of those, the ones the model agreed with
+    decode_steps: StepTimes = StepTimes()  # steps whose every row decodes
+    prompt_steps: StepTimes = StepTimes()  # steps with prompt tokens (chunked prefill)
 
     @property
     def acceptance_rate(self) -> float:

@@ -3,7 +3,7 @@
 Generation requests are longer and fewer than inference requests: their time to first token,
 inter-token latency, token counts and finish reasons are observed on the request path, and the
 generators' state (running and waiting sequences, KV-cache usage, prefix-cache hits,
-preemptions) is read from their ``stats()`` at scrape time.
+preemptions, step times) is read from their ``stats()`` at scrape time.
 """
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ import threading
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
-from stoker.generate._types import FinishReason, GeneratorStats
+from stoker.generate._types import STEP_BUCKETS, FinishReason, GeneratorStats, StepTimes
 
 __all__ = ["GenerationMetrics", "GenerationSeries", "GeneratorStatsSource"]
 
@@ -54,7 +59,18 @@ class _GeneratorCollector:
             f.drafts.add_metric([model], float(stats.draft_tokens))
             f.accepted.add_metric([model], float(stats.accepted_tokens))
             f.acceptance.add_metric([model], stats.acceptance_rate)
+            for kind, times in (("decode", stats.decode_steps), ("prompt", stats.prompt_steps)):
+                f.steps.add_metric([model, kind], _cumulative(times), times.seconds)
         return f.all()
+
+
+def _cumulative(times: StepTimes) -> list[tuple[str, float]]:
+    bounds = [*(repr(b) for b in STEP_BUCKETS), "+Inf"]
+    total, out = 0, []
+    for bound, n in zip(bounds, times.counts, strict=True):
+        total += n
+        out.append((bound, float(total)))
+    return out
 
 
 class _GeneratorFamilies:
@@ -99,6 +115,13 @@ class _GeneratorFamilies:
             labels=["model"],
         )
 
+        self.steps = HistogramMetricFamily(
+            "stoker_generation_step_seconds",
+            "Time of the engine's steps, from one step's tokens to the next's when back to back; "
+            "kind: decode (every row decodes) or prompt (with prompt tokens).",
+            labels=["model", "kind"],
+        )
+
     def all(self) -> list[Metric]:
         return [
             self.running,
@@ -109,6 +132,7 @@ class _GeneratorFamilies:
             self.drafts,
             self.accepted,
             self.acceptance,
+            self.steps,
         ]
 
 
