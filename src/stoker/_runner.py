@@ -18,6 +18,7 @@ import numpy.typing as npt
 import torch
 
 from stoker._hybrid import Decoded, GpuDecoder
+from stoker._normalize import normalize_hwc
 from stoker._spec import ImageSpec
 
 __all__ = ["TORCH_DTYPES", "CpuRunner", "CudaRunner", "Flight", "buckets_for"]
@@ -160,12 +161,10 @@ class CudaRunner:
             self._capture()
 
     def _forward(self, x: torch.Tensor) -> Any:
-        # uint8 NHWC -> NCHW view; its memory order is channels_last already.
-        x = x.permute(0, 3, 1, 2)
         if not self._raw:
-            x = (x.float() * self._scale[:, None, None] + self._shift[:, None, None]).to(
-                self._out_dtype
-            )
+            x = normalize_hwc(x, self._scale, self._shift, self._out_dtype)
+        # NHWC -> NCHW view; its memory order is channels_last already.
+        x = x.permute(0, 3, 1, 2)
         if not self._channels_last:
             x = x.contiguous()
         return self._model(x)
