@@ -334,8 +334,8 @@ def paged_attention_triton(
     kernel = _interpreted() if interpreted else cast(Any, _paged_attention_kernel)
     # A step that mixes decode rows with prompt chunks runs in two launches: the decode rows on
     # the small tiles a decode step uses, the chunks on wide ones. One launch on wide tiles would
-    # spend a wide tile's registers (fewer programs per SM) on every one-token row, which in
-    # such a step are most of the attention's work.
+    # spend a wide tile's registers (fewer programs per SM) on every one-token row, and a step
+    # beside 256 decoding sequences has 256 of them.
     small = _tiles(group, 1, q.dtype, head_dim)[1]
     launches = [(0, max_query_len)]
     if max_query_len > small:
