@@ -4,7 +4,9 @@ process, aborts, refusals, and a child that fails to start or dies (served: test
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,14 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
 
 from stoker.generate import (  # noqa: E402
+    GenerationChunk,
     GenerationError,
+    GeneratorStats,
     RemoteEngine,
     SamplingOptions,
 )
+from stoker.generate._remote import _Child  # noqa: E402
+from stoker.generate._requests import Request  # noqa: E402
 
 GREEDY = SamplingOptions(max_tokens=12, temperature=0.0, ignore_eos=True)
 PROMPTS = [[5, 6, 7], [11, 12, 13, 14, 15, 16, 17], [40] * 30, [3, 9, 27, 81]]
@@ -155,3 +161,61 @@ def test_a_dead_engine_process_fails_its_streams(llama: Path) -> None:
     finally:
         engine.close()
     assert engine._process.returncode is not None
+
+
+class _RecordingEngine:
+    """Stands in for the child's GenerateEngine: takes every submission, runs nothing."""
+
+    def __init__(self) -> None:
+        self.submitted: list[list[int]] = []
+
+    def stats(self) -> GeneratorStats:
+        return GeneratorStats()
+
+    def submit(self, prompt: list[int], options: SamplingOptions, outlet: Any) -> Any:
+        self.submitted.append(prompt)
+        return len(self.submitted), Request(prompt, options, outlet)
+
+
+def test_the_child_reads_submissions_while_its_parent_reads_nothing() -> None:
+    # The parent reads and writes the pipe on one event loop. When it is busy writing
+    # submissions, the child's steps pile up unread; the child must still read, or each end
+    # waits for the other forever.
+    parent, end = multiprocessing.Pipe()
+    engine = _RecordingEngine()
+    child = _Child(engine, end)  # type: ignore[arg-type]
+    for target in (child.send, child.serve):
+        threading.Thread(target=target, daemon=True).start()
+    parent.send(("submit", 0, [1], GREEDY))
+    for _ in range(500):
+        if child._seqs:
+            break
+        time.sleep(0.01)
+    request = child._seqs[0][1]
+    step = GenerationChunk([7] * 50_000)  # about 100 kB a message: a few fill the pipe
+
+    def post_steps() -> None:
+        for _ in range(40):
+            child.hand_out([(request, step)], None)
+
+    prompts = [[i] * 20_000 for i in range(1, 40)]
+
+    def submit_all() -> None:
+        for i, prompt in enumerate(prompts, 1):
+            parent.send(("submit", i, prompt, GREEDY))
+
+    threading.Thread(target=post_steps, daemon=True).start()
+    writer = threading.Thread(target=submit_all, daemon=True)
+    writer.start()
+    writer.join(10)
+    stuck = writer.is_alive()
+    received = 0
+    while parent.poll(1):  # unblocks whatever still waits, whichever way the test ends
+        kind, items, error, _ = parent.recv()
+        assert kind == "chunks" and error is None
+        received += len(items)
+    writer.join(10)
+    assert not stuck, "the child stopped reading while its messages waited to be read"
+    assert engine.submitted == [[1], *prompts]
+    assert received == 40
+    child.finish_sending()

@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import multiprocessing
 import pickle
+import queue
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from stoker.generate._types import GenerationChunk, GeneratorStats, SamplingOpti
 __all__ = ["RemoteEngine"]
 
 _STATS_S = 0.1
+_SEND_LAST_S = 10.0  # for the last messages to leave once the engine has closed
 _CHILD = "import sys; from stoker.generate._remote import child_main; child_main(int(sys.argv[1]))"
 
 # One step's news for one request: key, new token ids, finish reason, prompt and cached tokens.
@@ -200,14 +202,21 @@ class RemoteEngine:
 
 class _Child:
     """The child's side: submissions from the pipe to the engine, each step's chunks back (as
-    the requests' outlet, on the engine's thread)."""
+    the requests' outlet, on the engine's thread).
+
+    Messages to the parent leave through one sending thread. The parent writes submissions from
+    its event loop, which is also where it reads this process's messages: were the reading
+    thread here ever to wait on a send (or on a lock held across one), both ends could block on
+    full pipes at once, each waiting for the other to read.
+    """
 
     def __init__(self, engine: GenerateEngine, conn: Connection) -> None:
         self.engine = engine
         self.conn = conn
-        self._lock = threading.Lock()  # the engine's thread and the reading thread both send
+        self._lock = threading.Lock()  # the engine's thread and the reading thread both post
         self._seqs: dict[int, tuple[int, Request]] = {}
         self._keys: dict[Request, int] = {}
+        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
 
     def hand_out(
         self, items: list[tuple[Request, GenerationChunk]], error: BaseException | None
@@ -229,10 +238,20 @@ class _Child:
                 self._post(out, error)
 
     def _post(self, items: list[_Item], error: BaseException | None) -> None:
-        message = ("chunks", items, _portable(error) if error else None, self.engine.stats())
-        # A parent that is gone cannot be told; its end of the pipe closing stops this process.
-        with contextlib.suppress(OSError):
-            self.conn.send(message)
+        self._outbox.put(
+            ("chunks", items, _portable(error) if error else None, self.engine.stats())
+        )
+
+    def send(self) -> None:
+        """The sending thread, until ``finish_sending``."""
+        while (message := self._outbox.get()) is not None:
+            # A parent that is gone cannot be told; its end of the pipe closing stops this process.
+            with contextlib.suppress(OSError):
+                self.conn.send(message)
+
+    def finish_sending(self) -> None:
+        """Lets the sending thread end once what is posted so far has left."""
+        self._outbox.put(None)
 
     def watch(self, stop: threading.Event) -> None:
         """Posts the counters when they change between steps (an abort while idle), so that
@@ -301,8 +320,12 @@ def child_main(fd: int) -> None:
     }
     stop = threading.Event()
     watcher = threading.Thread(target=child.watch, args=(stop,), name="stoker-generate-stats")
+    # A daemon, and joined for a bounded time: a parent that stopped reading must not keep this
+    # process from ending.
+    sender = threading.Thread(target=child.send, name="stoker-generate-send", daemon=True)
     try:
         conn.send(("ready", info))
+        sender.start()
         watcher.start()
         with frozen_heap():
             child.serve()
@@ -311,4 +334,7 @@ def child_main(fd: int) -> None:
         if watcher.is_alive():
             watcher.join()
         engine.close()
+        child.finish_sending()
+        if sender.is_alive():
+            sender.join(_SEND_LAST_S)
         conn.close()
