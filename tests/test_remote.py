@@ -25,7 +25,7 @@ from stoker.generate import (  # noqa: E402
     RemoteEngine,
     SamplingOptions,
 )
-from stoker.generate._remote import _Child  # noqa: E402
+from stoker.generate._remote import _Child, _portable  # noqa: E402
 from stoker.generate._requests import Request  # noqa: E402
 
 GREEDY = SamplingOptions(max_tokens=12, temperature=0.0, ignore_eos=True)
@@ -219,3 +219,19 @@ def test_the_child_reads_submissions_while_its_parent_reads_nothing() -> None:
     assert engine.submitted == [[1], *prompts]
     assert received == 40
     child.finish_sending()
+
+
+class _TwoPartError(Exception):
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(f"{where}: {what}")
+
+
+def test_errors_that_cannot_cross_the_pipe_arrive_as_runtime_errors() -> None:
+    plain = GenerationError("prompt too long")
+    assert _portable(plain) is plain
+    # Pickles, but unpickling calls the constructor with the message alone.
+    sent = _portable(_TwoPartError("kernel", "does not compile"))
+    assert type(sent) is RuntimeError
+    assert str(sent) == "_TwoPartError: kernel: does not compile"
+    unpicklable = ValueError(lambda: None)
+    assert type(_portable(unpicklable)) is RuntimeError

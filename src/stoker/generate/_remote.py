@@ -43,9 +43,12 @@ _Item = tuple[int, list[int], str | None, int, int]
 
 
 def _portable(error: BaseException) -> BaseException:
-    """``error`` if it survives pickling, else a RuntimeError that names it."""
+    """``error`` if it survives pickling both ways, else a RuntimeError that names it.
+
+    Some exceptions pickle but cannot be rebuilt (a constructor that wants more arguments than
+    the message); the parent would fail to read the message and never hand the error out."""
     try:
-        pickle.dumps(error)
+        pickle.loads(pickle.dumps(error))
     except Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")
     return error
