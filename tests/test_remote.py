@@ -184,7 +184,7 @@ def test_the_child_reads_submissions_while_its_parent_reads_nothing() -> None:
     parent, end = multiprocessing.Pipe()
     engine = _RecordingEngine()
     child = _Child(engine, end)  # type: ignore[arg-type]
-    for target in (child.send, child.serve):
+    for target in (child.send_refusals, child.serve):
         threading.Thread(target=target, daemon=True).start()
     parent.send(("submit", 0, [1], GREEDY))
     for _ in range(500):
@@ -218,7 +218,7 @@ def test_the_child_reads_submissions_while_its_parent_reads_nothing() -> None:
     assert not stuck, "the child stopped reading while its messages waited to be read"
     assert engine.submitted == [[1], *prompts]
     assert received == 40
-    child.finish_sending()
+    child.stop_refusals()
 
 
 class _TwoPartError(Exception):

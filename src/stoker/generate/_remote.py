@@ -35,7 +35,7 @@ from stoker.generate._types import GenerationChunk, GeneratorStats, SamplingOpti
 __all__ = ["RemoteEngine"]
 
 _STATS_S = 0.1
-_SEND_LAST_S = 10.0  # for the last messages to leave once the engine has closed
+_SEND_LAST_S = 10.0  # for the last refusals to leave once the engine has closed
 _CHILD = "import sys; from stoker.generate._remote import child_main; child_main(int(sys.argv[1]))"
 
 # One step's news for one request: key, new token ids, finish reason, prompt and cached tokens.
@@ -207,25 +207,29 @@ class _Child:
     """The child's side: submissions from the pipe to the engine, each step's chunks back (as
     the requests' outlet, on the engine's thread).
 
-    Messages to the parent leave through one sending thread. The parent writes submissions from
-    its event loop, which is also where it reads this process's messages: were the reading
-    thread here ever to wait on a send (or on a lock held across one), both ends could block on
-    full pipes at once, each waiting for the other to read.
+    The reading thread never waits on the pipe. The parent writes submissions from its event
+    loop, which is also where it reads this process's messages: were the reading thread to wait
+    on a send (or on a lock held across one), both ends could block on full pipes at once, each
+    waiting for the other to read. So its refusals leave through a thread of their own, and the
+    lock it shares with the engine's thread is never held across a send.
     """
 
     def __init__(self, engine: GenerateEngine, conn: Connection) -> None:
         self.engine = engine
         self.conn = conn
-        self._lock = threading.Lock()  # the engine's thread and the reading thread both post
+        self._lock = threading.Lock()  # the request maps: the engine's and the reading thread
+        self._send_lock = threading.Lock()  # one message at a time on the pipe
         self._seqs: dict[int, tuple[int, Request]] = {}
         self._keys: dict[Request, int] = {}
-        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._refusals: queue.SimpleQueue[tuple[list[_Item], BaseException] | None] = (
+            queue.SimpleQueue()
+        )
 
     def hand_out(
         self, items: list[tuple[Request, GenerationChunk]], error: BaseException | None
     ) -> None:
+        out: list[_Item] = []
         with self._lock:
-            out: list[_Item] = []
             for request, chunk in items:
                 key = self._keys.get(request)
                 if key is None:  # aborted by the parent
@@ -237,24 +241,26 @@ class _Child:
                     (key, chunk.token_ids, chunk.finish_reason, chunk.prompt_tokens,
                      chunk.cached_tokens)
                 )  # fmt: skip
-            if out:
-                self._post(out, error)
+        if out:
+            self._post(out, error)
 
     def _post(self, items: list[_Item], error: BaseException | None) -> None:
-        self._outbox.put(
-            ("chunks", items, _portable(error) if error else None, self.engine.stats())
-        )
-
-    def send(self) -> None:
-        """The sending thread, until ``finish_sending``."""
-        while (message := self._outbox.get()) is not None:
-            # A parent that is gone cannot be told; its end of the pipe closing stops this process.
+        # The counters are read under the send lock, so that messages carry them in order.
+        with self._send_lock:
+            message = ("chunks", items, _portable(error) if error else None, self.engine.stats())
+            # A parent that is gone cannot be told; its end of the pipe closing stops this
+            # process.
             with contextlib.suppress(OSError):
                 self.conn.send(message)
 
-    def finish_sending(self) -> None:
-        """Lets the sending thread end once what is posted so far has left."""
-        self._outbox.put(None)
+    def send_refusals(self) -> None:
+        """The thread that posts the reading thread's refusals, until ``stop_refusals``."""
+        while (refusal := self._refusals.get()) is not None:
+            self._post(*refusal)
+
+    def stop_refusals(self) -> None:
+        """Lets ``send_refusals`` end once the refusals so far have left."""
+        self._refusals.put(None)
 
     def watch(self, stop: threading.Event) -> None:
         """Posts the counters when they change between steps (an abort while idle), so that
@@ -263,8 +269,7 @@ class _Child:
         while not stop.wait(_STATS_S):
             stats = self.engine.stats()
             if stats != last:
-                with self._lock:
-                    self._post([], None)
+                self._post([], None)
                 last = stats
 
     def serve(self) -> None:
@@ -287,7 +292,7 @@ class _Child:
             try:
                 seq, request = self.engine.submit(prompt, options, self)
             except Exception as e:
-                self._post([(key, [], None, len(prompt), 0)], e)
+                self._refusals.put(([(key, [], None, len(prompt), 0)], e))
                 return
             self._seqs[key] = seq, request
             self._keys[request] = key
@@ -325,10 +330,12 @@ def child_main(fd: int) -> None:
     watcher = threading.Thread(target=child.watch, args=(stop,), name="stoker-generate-stats")
     # A daemon, and joined for a bounded time: a parent that stopped reading must not keep this
     # process from ending.
-    sender = threading.Thread(target=child.send, name="stoker-generate-send", daemon=True)
+    refusals = threading.Thread(
+        target=child.send_refusals, name="stoker-generate-refusals", daemon=True
+    )
     try:
         conn.send(("ready", info))
-        sender.start()
+        refusals.start()
         watcher.start()
         with frozen_heap():
             child.serve()
@@ -337,7 +344,7 @@ def child_main(fd: int) -> None:
         if watcher.is_alive():
             watcher.join()
         engine.close()
-        child.finish_sending()
-        if sender.is_alive():
-            sender.join(_SEND_LAST_S)
+        child.stop_refusals()
+        if refusals.is_alive():
+            refusals.join(_SEND_LAST_S)
         conn.close()
