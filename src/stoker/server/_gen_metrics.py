@@ -8,8 +8,9 @@ preemptions, step times) is read from their ``stats()`` at scrape time.
 
 from __future__ import annotations
 
+import bisect
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import (
@@ -65,12 +66,68 @@ class _GeneratorCollector:
 
 
 def _cumulative(times: StepTimes) -> list[tuple[str, float]]:
-    bounds = [*(repr(b) for b in STEP_BUCKETS), "+Inf"]
+    return _buckets(STEP_BUCKETS, times.counts)
+
+
+def _buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """A histogram family's cumulative buckets from per-bucket counts (one past the bounds)."""
     total, out = 0, []
-    for bound, n in zip(bounds, times.counts, strict=True):
+    for bound, n in zip([*(repr(b) for b in bounds), "+Inf"], counts, strict=True):
         total += n
         out.append((bound, float(total)))
     return out
+
+
+class _TokenTally:
+    """One model's generated tokens and inter-token gaps as plain counts under one lock. The
+    request path adds to them once per chunk, which under load is once per token of every
+    stream; a prometheus_client Histogram's observe takes several locks and scans its buckets
+    in Python, several times the cost."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tokens = 0
+        self.gaps = [0] * (len(_INTER_TOKEN_BUCKETS) + 1)
+        self.gap_seconds = 0.0
+
+
+class _TokenCollector:
+    """The tallies' series, read at scrape time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tallies: dict[str, _TokenTally] = {}
+
+    def add(self, model: str) -> _TokenTally:
+        with self._lock:
+            return self._tallies.setdefault(model, _TokenTally())
+
+    def describe(self) -> Iterable[Metric]:
+        return _token_families()
+
+    def collect(self) -> Iterable[Metric]:
+        generated, gaps = _token_families()
+        with self._lock:
+            tallies = list(self._tallies.items())
+        for model, tally in tallies:
+            with tally.lock:
+                tokens, counts, seconds = tally.tokens, list(tally.gaps), tally.gap_seconds
+            generated.add_metric([model], float(tokens))
+            gaps.add_metric([model], _buckets(_INTER_TOKEN_BUCKETS, counts), seconds)
+        return [generated, gaps]
+
+
+def _token_families() -> tuple[CounterMetricFamily, HistogramMetricFamily]:
+    return (
+        CounterMetricFamily(
+            "stoker_generation_tokens", "Tokens generated for requests.", labels=["model"]
+        ),
+        HistogramMetricFamily(
+            "stoker_generation_inter_token_seconds",
+            "Time between a sequence's successive chunks of tokens, per token of the chunk.",
+            labels=["model"],
+        ),
+    )
 
 
 class _GeneratorFamilies:
@@ -143,15 +200,13 @@ class GenerationMetrics:
         self,
         model: str,
         ttft: Histogram,
-        inter_token: Histogram,
+        tally: _TokenTally,
         prompt_tokens: Counter,
-        generated_tokens: Counter,
         finished: Counter,
     ) -> None:
         self._ttft = ttft.labels(model)
-        self._inter_token = inter_token.labels(model)
+        self._tally = tally
         self._prompt_tokens = prompt_tokens.labels(model)
-        self._generated = generated_tokens.labels(model)
         self._finished = {r: finished.labels(model, r) for r in ("stop", "length", "abort")}
 
     def first_token(self, seconds: float, prompt_tokens: int) -> None:
@@ -161,9 +216,13 @@ class GenerationMetrics:
 
     def tokens(self, count: int, seconds: float | None) -> None:
         """A chunk of ``count`` tokens, ``seconds`` after the previous chunk (None: the first)."""
-        self._generated.inc(count)
-        if seconds is not None and count:
-            self._inter_token.observe(seconds / count)
+        t = self._tally
+        with t.lock:
+            t.tokens += count
+            if seconds is not None and count:
+                gap = seconds / count
+                t.gaps[bisect.bisect_left(_INTER_TOKEN_BUCKETS, gap)] += 1
+                t.gap_seconds += gap
 
     def finished(self, reason: FinishReason) -> None:
         """A request ended: stop, length, or abort (an error, or the client went away)."""
@@ -176,6 +235,8 @@ class GenerationSeries:
     def __init__(self, registry: CollectorRegistry) -> None:
         self._generators = _GeneratorCollector()
         registry.register(self._generators)
+        self._tokens = _TokenCollector()
+        registry.register(self._tokens)
         self._ttft = Histogram(
             "stoker_generation_ttft_seconds",
             "Time from a generation request's arrival to its first tokens.",
@@ -183,22 +244,9 @@ class GenerationSeries:
             buckets=_TTFT_BUCKETS,
             registry=registry,
         )
-        self._inter_token = Histogram(
-            "stoker_generation_inter_token_seconds",
-            "Time between a sequence's successive chunks of tokens, per token of the chunk.",
-            ["model"],
-            buckets=_INTER_TOKEN_BUCKETS,
-            registry=registry,
-        )
         self._prompt_tokens = Counter(
             "stoker_generation_prompt_tokens",
             "Prompt tokens of generation requests that got their first tokens.",
-            ["model"],
-            registry=registry,
-        )
-        self._generated_tokens = Counter(
-            "stoker_generation_tokens",
-            "Tokens generated for requests.",
             ["model"],
             registry=registry,
         )
@@ -212,10 +260,5 @@ class GenerationSeries:
     def add(self, model: str, stats: GeneratorStatsSource) -> GenerationMetrics:
         self._generators.add(model, stats)
         return GenerationMetrics(
-            model,
-            self._ttft,
-            self._inter_token,
-            self._prompt_tokens,
-            self._generated_tokens,
-            self._finished,
+            model, self._ttft, self._tokens.add(model), self._prompt_tokens, self._finished
         )
