@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from stoker.generate._types import STEP_BUCKETS, FinishReason, GeneratorStats, StepTimes
+from stoker.generate._types import STEP_BUCKETS, FinishReason, GeneratorStats
 
 __all__ = ["GenerationMetrics", "GenerationSeries", "GeneratorStatsSource"]
 
@@ -61,12 +61,10 @@ class _GeneratorCollector:
             f.accepted.add_metric([model], float(stats.accepted_tokens))
             f.acceptance.add_metric([model], stats.acceptance_rate)
             for kind, times in (("decode", stats.decode_steps), ("prompt", stats.prompt_steps)):
-                f.steps.add_metric([model, kind], _cumulative(times), times.seconds)
+                f.steps.add_metric(
+                    [model, kind], _buckets(STEP_BUCKETS, times.counts), times.seconds
+                )
         return f.all()
-
-
-def _cumulative(times: StepTimes) -> list[tuple[str, float]]:
-    return _buckets(STEP_BUCKETS, times.counts)
 
 
 def _buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
