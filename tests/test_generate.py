@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -414,7 +415,7 @@ def test_the_openai_client_against_the_engine(llama: Path, engine_of: Any) -> No
 
 
 def test_a_failing_step_fails_its_sequences_and_the_engine_goes_on(
-    llama: Path, engine_of: Any
+    llama: Path, engine_of: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = engine_of(llama, max_num_seqs=4)
     prompts = _prompts(3, seed=41)
@@ -429,8 +430,14 @@ def test_a_failing_step_fails_its_sequences_and_the_engine_goes_on(
         return real(*args)
 
     engine.runner.logits = flaky
-    with pytest.raises(RuntimeError, match="the device said no"):
+    with (
+        caplog.at_level(logging.ERROR, logger="stoker.generate"),
+        pytest.raises(RuntimeError, match="the device said no"),
+    ):
         engine.generate(prompts, GREEDY)
+    # The step's own traceback reaches the log, wherever its callers are.
+    (record,) = [r for r in caplog.records if r.name == "stoker.generate"]
+    assert record.exc_info is not None and "the device said no" in str(record.exc_info[1])
     stats = engine.stats()
     assert stats.running == stats.waiting == 0
     assert stats.kv_blocks_free == stats.kv_blocks

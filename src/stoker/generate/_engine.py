@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Sequence
@@ -50,6 +51,8 @@ from stoker.generate._types import (
 )
 
 __all__ = ["GenerateEngine", "folder_tokenizer"]
+
+log = logging.getLogger("stoker.generate")
 
 Launched = tuple[SchedulerStep, list[Request], Sampled | None]
 
@@ -271,6 +274,11 @@ class GenerateEngine:
                     elif launched is not None:
                         pending = self._finish(*launched)
                 except Exception as e:  # a failed step fails the admitted sequences, not the engine
+                    # Logged here, with the step's own traceback: its callers may be in another
+                    # process, and they get only the error.
+                    log.exception(
+                        "a generation step failed; its %d sequences end", len(self._requests)
+                    )
                     pending = inflight = None
                     self._fail_all(device_error(e))
             if inflight is not None:
