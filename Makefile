@@ -9,7 +9,7 @@ ASAN_BUILD := build/asan
 TSAN_BUILD := build/tsan
 # The suites whose code runs on several threads: pool, arena, batcher, feeder, gateway, HTTP
 # server and load generator.
-TSAN_SUITES := ThreadPool.*:Batch.*:HostArena.*:Histogram.*:Batcher.*:Feeder.*:Gateway.*:HttpServer.*:LoadGenerator.*
+TSAN_SUITES := ThreadPool.*:Batch.*:HostArena.*:Histogram.*:Batcher.*:Feeder.*:Gateway.*:HttpServer.*:HttpStream.*:LoadGenerator.*
 CORPUS ?= $(abspath ../shared/corpus)
 
 .PHONY: setup build demo test native-test tsan-test py-test lint format stubs bench bench-native clean

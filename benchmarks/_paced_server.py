@@ -5,15 +5,16 @@ the GIL as the engine does while the GPU computes. What is left to measure is th
 cost per token (detokenizing, SSE framing, the HTTP server's writes) and how the event loop's
 thread and the engine's share the interpreter.
 
-Run as ``python benchmarks/_paced_server.py FOLDER --step-ms 6 [--http h11|httptools]
-[--loop asyncio|uvloop] [--switch-interval-ms MS] --port P``; FOLDER holds a tokenizer.json
-(``_llm_folder.py --shape tiny`` writes one).
+Run as ``python benchmarks/_paced_server.py FOLDER --step-ms 6 [--front native | --http
+h11|httptools --loop asyncio|uvloop] [--switch-interval-ms MS] --port P``; FOLDER holds a
+tokenizer.json (``_llm_folder.py --shape tiny`` writes one).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import threading
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Sequence
@@ -26,7 +27,7 @@ import uvicorn
 from tokenizers import Tokenizer
 
 from stoker.generate import FinishReason, GenerationChunk, GeneratorStats, SamplingOptions
-from stoker.server import ModelConfig, ServerConfig, create_app
+from stoker.server import ModelConfig, NativeServer, ServerConfig, create_app
 
 _Stream = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[GenerationChunk]", list[int]]
 
@@ -108,6 +109,14 @@ def _hand_out(items: list[Any]) -> None:
         chunks.put_nowait(chunk)
 
 
+async def _serve_native(config: ServerConfig, models: Any, generators: Any) -> None:
+    server = NativeServer(config, models, generators=generators)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await server.serve(stop)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path)
@@ -116,6 +125,7 @@ def main() -> None:
     p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"])
     p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"])
     p.add_argument("--switch-interval-ms", type=float, default=None)
+    p.add_argument("--front", default="uvicorn", choices=["uvicorn", "native"])
     args = p.parse_args()
     # The server needs a configured model; a tiny image model stands in, never asked.
     images = ModelConfig(name="unused-images", model="unused", size=40, crop=32)
@@ -123,9 +133,11 @@ def main() -> None:
         models=(images,), port=args.port, switch_interval_ms=args.switch_interval_ms
     )
     generator = PacedGenerator(args.folder, args.step_ms / 1000)
-    app = create_app(
-        config, {"unused-images": torch.nn.Flatten()}, generators={args.folder.name: generator}
-    )
+    models = {"unused-images": torch.nn.Flatten()}
+    if args.front == "native":
+        asyncio.run(_serve_native(config, models, {args.folder.name: generator}))
+        return
+    app = create_app(config, models, generators={args.folder.name: generator})
     uvicorn.run(app, host="127.0.0.1", port=args.port, http=args.http, loop=args.loop,
                 log_level="warning")  # fmt: skip
 

@@ -315,18 +315,6 @@ def test_served_through_the_completion_endpoints(
         assert too_long.status_code == 400
 
 
-def test_cli_serves_generation_on_the_asgi_front(llama: Path) -> None:
-    from typer.testing import CliRunner
-
-    from stoker._cli import app
-
-    result = CliRunner().invoke(
-        app, ["serve", "--task", "text-generation", "--model", str(llama), "--front", "native"]
-    )
-    assert result.exit_code != 0
-    assert "uvicorn" in result.output
-
-
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_fused_stages_keep_greedy_output(
     family: str, request: pytest.FixtureRequest, engine_of: Any

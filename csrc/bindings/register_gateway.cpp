@@ -48,15 +48,16 @@ std::unique_ptr<Gateway> make_gateway(std::string host, uint16_t port, size_t io
   return std::make_unique<Gateway>(std::move(config), std::move(list));
 }
 
-nb::list forwarded(Gateway& g) {
+nb::object forwarded(Gateway& g) {
   std::vector<std::pair<uint64_t, HttpRequest>> batch;
+  std::vector<uint64_t> abandoned;
   bool got;
   {
     nb::gil_scoped_release release;
-    got = g.next_forwarded(batch);
+    got = g.next_forwarded(batch, abandoned);
   }
+  if (!got) return nb::none();
   nb::list out;
-  if (!got) return out;
   for (auto& [token, r] : batch) {
     nb::list headers;
     for (const HttpHeader& h : r.headers) {
@@ -69,7 +70,27 @@ nb::list forwarded(Gateway& g) {
                               nb::bytes(r.query.data(), r.query.size()), headers,
                               nb::bytes(r.body.data(), r.body.size())));
   }
-  return out;
+  return nb::make_tuple(out, nb::cast(abandoned));
+}
+
+HttpResponse response_of(int status, std::vector<Header>&& headers, nb::bytes body) {
+  HttpResponse r;
+  r.status = status;
+  for (auto& [k, v] : headers) r.headers.push_back({std::move(k), std::move(v)});
+  r.body.assign(body.c_str(), body.size());
+  return r;
+}
+
+// Pieces of streamed answers, as (token, bytes, last) tuples.
+void respond_pieces(Gateway& g, const nb::list& items) {
+  std::vector<HttpPiece> pieces;
+  pieces.reserve(items.size());
+  for (nb::handle item : items) {
+    const auto [token, bytes, last] = nb::cast<std::tuple<uint64_t, nb::bytes, bool>>(item);
+    pieces.push_back({token, std::string(bytes.c_str(), bytes.size()), last});
+  }
+  nb::gil_scoped_release release;
+  g.respond_pieces(std::move(pieces));
 }
 
 using Micros = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
@@ -129,21 +150,30 @@ void register_gateway(nb::module_& m) {
           nb::arg("drain_s"), nb::call_guard<nb::gil_scoped_release>(),
           "Stop accepting, let requests in flight finish for up to drain_s, close.")
       .def("next_forwarded", &forwarded,
-           "Wait for requests left to Python: [(token, method, path, query, headers, body)], all\n"
-           "but the token as bytes;\n"
-           "an empty list once shut down.")
+           "Wait for requests left to Python and forwarded requests whose clients left:\n"
+           "([(token, method, path, query, headers, body)], [abandoned token]), all but the\n"
+           "tokens as bytes; None once shut down.")
       .def(
           "respond",
           [](Gateway& g, uint64_t token, int status, std::vector<Header> headers, nb::bytes body) {
-            HttpResponse r;
-            r.status = status;
-            for (auto& [k, v] : headers) r.headers.push_back({std::move(k), std::move(v)});
-            r.body.assign(body.c_str(), body.size());
+            HttpResponse r = response_of(status, std::move(headers), body);
             nb::gil_scoped_release release;
             g.respond(token, std::move(r));
           },
           nb::arg("token"), nb::arg("status"), nb::arg("headers"), nb::arg("body"),
           "Answer a forwarded request.")
+      .def(
+          "respond_start",
+          [](Gateway& g, uint64_t token, int status, std::vector<Header> headers, nb::bytes body) {
+            HttpResponse r = response_of(status, std::move(headers), body);
+            nb::gil_scoped_release release;
+            g.respond_start(token, std::move(r));
+          },
+          nb::arg("token"), nb::arg("status"), nb::arg("headers"), nb::arg("body"),
+          "Start a forwarded request's answer whose body follows in pieces (body: the first).")
+      .def("respond_pieces", &respond_pieces, nb::arg("pieces"),
+           "Pieces of started answers, [(token, bytes, last)] in order per token; `last` ends\n"
+           "that answer. One hand-over per I/O thread, without the GIL.")
       .def(
           "payload",
           [](const Gateway& g, uint64_t id) {

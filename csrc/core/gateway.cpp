@@ -154,13 +154,17 @@ void Gateway::forward(uint64_t token, HttpRequest&& request) {
   server_->respond(token, std::move(response));
 }
 
-bool Gateway::next_forwarded(std::vector<std::pair<uint64_t, HttpRequest>>& out) {
+bool Gateway::next_forwarded(std::vector<std::pair<uint64_t, HttpRequest>>& out,
+                             std::vector<uint64_t>& abandoned) {
   std::unique_lock<std::mutex> lock(forward_mutex_);
-  forward_cv_.wait(lock, [this] { return closed_ || !forward_queue_.empty(); });
-  if (forward_queue_.empty()) return false;
+  forward_cv_.wait(
+      lock, [this] { return closed_ || !forward_queue_.empty() || !forward_abandoned_.empty(); });
+  if (forward_queue_.empty() && forward_abandoned_.empty()) return false;
   out.assign(std::make_move_iterator(forward_queue_.begin()),
              std::make_move_iterator(forward_queue_.end()));
   forward_queue_.clear();
+  abandoned.swap(forward_abandoned_);
+  forward_abandoned_.clear();
   return true;
 }
 
@@ -265,15 +269,17 @@ void Gateway::on_abandon(uint64_t token) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto t = by_token_.find(token);
-    if (t == by_token_.end()) return;
-    Pending& p = *pending_.at(t->second);
-    by_token_.erase(t);
-    p.responded = true;
-    count(p.model, 499);
-    feeder = models_[p.model].feeders[p.feeder];
-    const uint64_t base = kIdBit | (p.sequence << kElementBits);
-    for (size_t i = 0; i < p.elements; ++i) ids.push_back(base | i);
+    if (t != by_token_.end()) {
+      Pending& p = *pending_.at(t->second);
+      by_token_.erase(t);
+      p.responded = true;
+      count(p.model, 499);
+      feeder = models_[p.model].feeders[p.feeder];
+      const uint64_t base = kIdBit | (p.sequence << kElementBits);
+      for (size_t i = 0; i < p.elements; ++i) ids.push_back(base | i);
+    }
   }
+  if (!feeder) return forward_abandon(token);
   // The client went away: its queued elements never run. Cancelling one already handed out
   // fails, and that element is settled when its batch is answered.
   for (uint64_t id : ids) {
@@ -281,6 +287,18 @@ void Gateway::on_abandon(uint64_t token) {
     std::lock_guard<std::mutex> lock(mutex_);
     settle(id, done, [](Pending&, size_t) {});
   }
+}
+
+void Gateway::forward_abandon(uint64_t token) {
+  // Not one of the gateway's own requests, so a forwarded one (or one answered an instant ago,
+  // which the application no longer knows and ignores): the application is told, so that it
+  // stops working for a client that has gone.
+  {
+    std::lock_guard<std::mutex> lock(forward_mutex_);
+    if (closed_) return;
+    forward_abandoned_.push_back(token);
+  }
+  forward_cv_.notify_one();
 }
 
 size_t Gateway::pick_feeder(size_t model) {

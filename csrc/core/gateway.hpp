@@ -87,10 +87,19 @@ class Gateway {
   void shutdown(std::chrono::milliseconds drain);
 
   // --- the Python application's side ---
-  // Blocks until requests are forwarded (moves them all into `out`); false once shut down.
-  bool next_forwarded(std::vector<std::pair<uint64_t, HttpRequest>>& out);
+  // Blocks until requests are forwarded or forwarded ones abandoned (their clients left before
+  // the answer ended); moves them all into `out` and `abandoned`. False once shut down.
+  bool next_forwarded(std::vector<std::pair<uint64_t, HttpRequest>>& out,
+                      std::vector<uint64_t>& abandoned);
   void respond(uint64_t token, HttpResponse&& response) {
     server_->respond(token, std::move(response));
+  }
+  // A forwarded request's answer in pieces, as HttpServer::respond_start and respond_pieces.
+  void respond_start(uint64_t token, HttpResponse&& response) {
+    server_->respond_start(token, std::move(response));
+  }
+  void respond_pieces(std::vector<HttpPiece>&& pieces) {
+    server_->respond_pieces(std::move(pieces));
   }
 
   // --- the engine's side ---
@@ -116,6 +125,7 @@ class Gateway {
 
   void on_request(uint64_t token, HttpRequest&& request);
   void on_abandon(uint64_t token);
+  void forward_abandon(uint64_t token);
   bool try_infer(uint64_t token, size_t model, HttpRequest& request);
   void forward(uint64_t token, HttpRequest&& request);
   void withdraw(Pending& req, uint64_t token, size_t model, uint64_t base, size_t queued);
@@ -138,6 +148,7 @@ class Gateway {
   std::mutex forward_mutex_;
   std::condition_variable forward_cv_;
   std::deque<std::pair<uint64_t, HttpRequest>> forward_queue_;
+  std::vector<uint64_t> forward_abandoned_;
   bool closed_ = false;
   std::atomic<uint64_t> forwarded_{0};
 

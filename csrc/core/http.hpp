@@ -58,12 +58,21 @@ struct ResponseFraming {
   bool omit_body = false;          // HEAD: the body's Content-Length, but no body bytes
   bool close = false;              // the connection closes after this response
   bool keep_alive_header = false;  // an HTTP/1.0 client asked to keep the connection
+  // The body follows in pieces of unknown total length: Transfer-Encoding: chunked (HTTP/1.1
+  // clients) or, with neither header, bytes until the connection closes (HTTP/1.0).
+  bool streamed = false;
+  bool chunked = false;
 };
 
 // Appends the status line and header section. A status outside 200..599 becomes 500; headers whose
 // name or value could split the response are dropped. 204 and 304 carry no Content-Length.
 void append_response_head(const HttpResponse& response, const ResponseFraming& framing,
                           std::string& out);
+
+// One piece of a chunked body: size line, bytes, CRLF. Empty bytes append nothing, since an empty
+// chunk would end the body.
+void append_chunk(std::string_view bytes, std::string& out);
+inline constexpr std::string_view kLastChunk = "0\r\n\r\n";
 
 // Head and body (unless omitted) in one string.
 std::string serialize_response(const HttpResponse& response, const ResponseFraming& framing = {});

@@ -153,16 +153,31 @@ void append_response_head(const HttpResponse& response, const ResponseFraming& f
     out += "\r\n";
   }
   if (!has_date) append_date(out);
-  if (status != 204 && status != 304) {
+  const bool bodiless = status == 204 || status == 304;
+  if (!bodiless && !framing.streamed) {
     out += "Content-Length: ";
     append_number(out, response.body.size());
     out += "\r\n";
+  } else if (!bodiless && framing.chunked) {
+    out += "Transfer-Encoding: chunked\r\n";
   }
   if (framing.close) {
     out += "Connection: close\r\n";
   } else if (framing.keep_alive_header) {
     out += "Connection: keep-alive\r\n";
   }
+  out += "\r\n";
+}
+
+void append_chunk(std::string_view bytes, std::string& out) {
+  if (bytes.empty()) return;
+  static constexpr char kHex[] = "0123456789abcdef";
+  char digits[16];
+  size_t n = 0;
+  for (size_t v = bytes.size(); v != 0; v >>= 4) digits[n++] = kHex[v & 15];
+  while (n != 0) out += digits[--n];
+  out += "\r\n";
+  out += bytes;
   out += "\r\n";
 }
 

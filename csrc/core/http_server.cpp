@@ -30,6 +30,7 @@ void HttpServerConfig::validate() const {
   if (backlog <= 0) throw std::invalid_argument("backlog must be positive");
   if (limits.max_header_bytes < 64) throw std::invalid_argument("max_header_bytes is too small");
   if (limits.max_headers == 0) throw std::invalid_argument("max_headers must be at least 1");
+  if (max_unsent_bytes == 0) throw std::invalid_argument("max_unsent_bytes must be at least 1");
   // Bounded so that it stays representable once converted to the clock's nanoseconds.
   if (idle_timeout.count() < 0 || idle_timeout > std::chrono::hours(24)) {
     throw std::invalid_argument("idle_timeout must be between 0 and 24 hours");
@@ -106,7 +107,24 @@ void HttpServer::start() {
 }
 
 void HttpServer::respond(uint64_t token, HttpResponse&& response) {
-  loops_[token % loops_.size()]->post(token, std::move(response));
+  loops_[token % loops_.size()]->post({token, Loop::Part::kWhole, std::move(response)});
+}
+
+void HttpServer::respond_start(uint64_t token, HttpResponse&& response) {
+  loops_[token % loops_.size()]->post({token, Loop::Part::kStart, std::move(response)});
+}
+
+void HttpServer::respond_pieces(std::vector<HttpPiece>&& pieces) {
+  std::vector<std::vector<Loop::Post>> by_loop(loops_.size());
+  for (HttpPiece& p : pieces) {
+    HttpResponse r;
+    r.body = std::move(p.bytes);
+    by_loop[p.token % loops_.size()].push_back(
+        {p.token, p.last ? Loop::Part::kLast : Loop::Part::kPiece, std::move(r)});
+  }
+  for (size_t i = 0; i < loops_.size(); ++i) {
+    if (!by_loop[i].empty()) loops_[i]->post_many(std::move(by_loop[i]));
+  }
 }
 
 void HttpServer::shutdown(std::chrono::milliseconds drain) {

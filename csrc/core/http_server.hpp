@@ -31,9 +31,19 @@ struct HttpServerConfig {
   // whole within it (one partly received is answered 408). Connections are checked every quarter
   // of it, so one may close up to a quarter late. Zero disables it.
   std::chrono::milliseconds idle_timeout = std::chrono::seconds(60);
+  // A streamed response's bytes waiting for a client that does not read them: beyond this the
+  // connection closes and its request is abandoned, so a stalled reader cannot hold memory.
+  size_t max_unsent_bytes = 16 * 1024 * 1024;
 
   // Throws std::invalid_argument on an unusable configuration.
   void validate() const;
+};
+
+// A piece of a streamed response's body; `last` ends the response after its bytes.
+struct HttpPiece {
+  uint64_t token = 0;
+  std::string bytes;
+  bool last = false;
 };
 
 class HttpServer {
@@ -56,6 +66,14 @@ class HttpServer {
   // Thread-safe and cheap: the response goes to the connection's I/O thread through a queue. A
   // token whose connection has closed, or that was already answered, is ignored.
   void respond(uint64_t token, HttpResponse&& response);
+  // Starts a response whose body follows in pieces (`response.body`, if any, is the first): its
+  // head goes out now, with Transfer-Encoding: chunked to HTTP/1.1 clients; an HTTP/1.0 client
+  // gets the bytes as they are and the connection closes at the end. The token stays in flight
+  // (a closing connection abandons it) until a piece marked last. Thread-safe, like respond().
+  void respond_start(uint64_t token, HttpResponse&& response);
+  // Pieces of started responses, in order per token; one hand-over per I/O thread. Pieces of a
+  // token not started, finished or gone are ignored.
+  void respond_pieces(std::vector<HttpPiece>&& pieces);
   // Closes the listener and idle connections, lets requests in flight be answered and written for
   // up to `drain`, then closes everything (abandoning what is left) and joins the threads.
   // Idempotent; concurrent callers return once the first has finished. Not from an I/O thread

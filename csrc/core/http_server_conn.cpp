@@ -2,6 +2,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
+
 #include "core/http_server_loop.hpp"
 
 namespace stoker {
@@ -82,7 +84,7 @@ bool HttpServer::Loop::after_feed(Conn& c) {
     return reject(c, p.error_status(), p.error());
   }
   if (p.take_continue()) {
-    c.out.emplace_back(kContinue);
+    queue(c, std::string(kContinue));
     if (!flush(c)) return false;
   }
   if (p.complete()) dispatch(c);
@@ -102,19 +104,34 @@ void HttpServer::Loop::dispatch(Conn& c) {
     server_.handler_(token, std::move(request));
   } catch (...) {
     // Answered like any response, so a respond() the handler made before throwing still wins.
-    local_.emplace_back(token, http_error_response(500, "request handler failed"));
+    local_.push_back({token, Part::kWhole, http_error_response(500, "request handler failed")});
   }
 }
 
-void HttpServer::Loop::answer(uint64_t token, HttpResponse&& response) {
-  const auto fit = inflight_.find(token);
+void HttpServer::Loop::deliver(Post&& post) {
+  const auto fit = inflight_.find(post.token);
   if (fit == inflight_.end()) return;
   const auto it = conns_.find(fit->second);
-  inflight_.erase(fit);
-  if (it == conns_.end()) return;
+  if (it == conns_.end()) {
+    inflight_.erase(fit);
+    return;
+  }
   Conn& c = *it->second;
-  c.token = 0;
-  c.active = now_;
+  // A response that does not fit the request's state (answered twice, a piece of a response
+  // never started) is ignored, as a token already answered is.
+  const bool piece = post.part == Part::kPiece || post.part == Part::kLast;
+  if (piece != c.streaming) return;
+  if (post.part == Part::kWhole) return answer(c, std::move(post.response));
+  if (post.part == Part::kStart) return start(c, std::move(post.response));
+  continue_stream(c, std::move(post));
+}
+
+void HttpServer::Loop::queue(Conn& c, std::string&& bytes) {
+  c.unsent += bytes.size();
+  c.out.push_back(std::move(bytes));
+}
+
+void HttpServer::Loop::answer(Conn& c, HttpResponse&& response) {
   const bool close = c.closing || !c.keep_alive || draining_ || response_wants_close(response);
   ResponseFraming framing;
   framing.omit_body = c.head;
@@ -125,17 +142,70 @@ void HttpServer::Loop::answer(uint64_t token, HttpResponse&& response) {
   const bool body =
       !c.head && !response.body.empty() && response.status != 204 && response.status != 304;
   if (body && response.body.size() <= kInlineBody) head += response.body;
-  c.out.push_back(std::move(head));
-  if (body && response.body.size() > kInlineBody) c.out.push_back(std::move(response.body));
+  queue(c, std::move(head));
+  if (body && response.body.size() > kInlineBody) queue(c, std::move(response.body));
   c.closing = close;
-  if (!flush(c) || !advance(c)) return;
-  update_events(c);
+  if (finish(c)) update_events(c);
+}
+
+void HttpServer::Loop::start(Conn& c, HttpResponse&& response) {
+  // Without chunked coding only the connection's end can tell an HTTP/1.0 client the body ended.
+  const bool close =
+      c.closing || !c.keep_alive || draining_ || c.http10 || response_wants_close(response);
+  ResponseFraming framing;
+  framing.close = close;
+  framing.streamed = true;
+  framing.chunked = !c.http10;
+  std::string head;
+  append_response_head(response, framing, head);
+  c.streaming = true;
+  c.chunked = framing.chunked;
+  c.omit_pieces = c.head || response.status == 204 || response.status == 304;
+  c.closing = close;
+  c.active = now_;
+  queue(c, std::move(head));
+  continue_stream(c, {0, Part::kPiece, std::move(response)});
+}
+
+void HttpServer::Loop::continue_stream(Conn& c, Post&& post) {
+  std::string& bytes = post.response.body;
+  if (!c.omit_pieces && !bytes.empty()) {
+    if (!c.chunked) {
+      queue(c, std::move(bytes));
+    } else if (bytes.size() <= kInlineBody) {
+      std::string framed;
+      framed.reserve(bytes.size() + 24);
+      append_chunk(bytes, framed);
+      queue(c, std::move(framed));
+    } else {
+      char hex[24];
+      const int n = std::snprintf(hex, sizeof hex, "%zx\r\n", bytes.size());
+      queue(c, std::string(hex, size_t(n)));
+      queue(c, std::move(bytes));
+      queue(c, std::string("\r\n"));
+    }
+  }
+  if (post.part == Part::kLast) {
+    if (c.chunked && !c.omit_pieces) queue(c, std::string(kLastChunk));
+    c.streaming = false;
+    if (finish(c)) update_events(c);
+    return;
+  }
+  if (c.unsent > server_.config_.max_unsent_bytes) return close_conn(c);
+  if (flush(c)) update_events(c);
+}
+
+bool HttpServer::Loop::finish(Conn& c) {
+  inflight_.erase(c.token);
+  c.token = 0;
+  c.active = now_;
+  return flush(c) && advance(c);
 }
 
 bool HttpServer::Loop::reject(Conn& c, int status, std::string_view message) {
   ResponseFraming framing;
   framing.close = true;
-  c.out.push_back(serialize_response(http_error_response(status, message), framing));
+  queue(c, serialize_response(http_error_response(status, message), framing));
   c.closing = true;
   return flush(c);
 }
@@ -160,6 +230,7 @@ bool HttpServer::Loop::flush(Conn& c) {
       return false;
     }
     c.active = now_;
+    c.unsent -= size_t(n);
     while (n > 0) {
       const size_t left = c.out[c.out_index].size() - c.out_off;
       if (size_t(n) < left) {

@@ -45,9 +45,9 @@ HttpServer::Loop::~Loop() {
   if (epfd_ >= 0) ::close(epfd_);
 }
 
-void HttpServer::Loop::post(uint64_t token, HttpResponse&& response) {
+void HttpServer::Loop::post(Post&& post) {
   if (current == this) {
-    local_.emplace_back(token, std::move(response));
+    local_.push_back(std::move(post));
     return;
   }
   bool wake;
@@ -55,7 +55,29 @@ void HttpServer::Loop::post(uint64_t token, HttpResponse&& response) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (retired_) return;
     wake = inbox_.empty();  // a non-empty inbox already has a wakeup on its way
-    inbox_.emplace_back(token, std::move(response));
+    inbox_.push_back(std::move(post));
+  }
+  if (wake) {
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(wakefd_, &one, sizeof one);
+  }
+}
+
+void HttpServer::Loop::post_many(std::vector<Post>&& posts) {
+  if (current == this) {
+    for (Post& p : posts) local_.push_back(std::move(p));
+    return;
+  }
+  bool wake;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (retired_) return;
+    wake = inbox_.empty();
+    if (wake) {
+      inbox_.swap(posts);
+    } else {
+      for (Post& p : posts) inbox_.push_back(std::move(p));
+    }
   }
   if (wake) {
     const uint64_t one = 1;
@@ -140,11 +162,11 @@ void HttpServer::Loop::deliver_posted() {
       batch.swap(inbox_);
     }
     if (batch.empty() && local_.empty()) return;
-    for (auto& [token, response] : batch) answer(token, std::move(response));
+    for (Post& p : batch) deliver(std::move(p));
     while (!local_.empty()) {
       Posted mine;
       mine.swap(local_);
-      for (auto& [token, response] : mine) answer(token, std::move(response));
+      for (Post& p : mine) deliver(std::move(p));
     }
   }
 }

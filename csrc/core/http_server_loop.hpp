@@ -30,8 +30,17 @@ class HttpServer::Loop {
 
   Loop(HttpServer& server, size_t index);
   ~Loop();
+  // What another thread hands the loop for a request in flight.
+  enum class Part : uint8_t { kWhole, kStart, kPiece, kLast };
+  struct Post {
+    uint64_t token;
+    Part part;
+    HttpResponse response;  // a piece's bytes are its body
+  };
+
   void run();
-  void post(uint64_t token, HttpResponse&& response);
+  void post(Post&& post);
+  void post_many(std::vector<Post>&& posts);
   void stop(Clock::time_point deadline);
   // Responses can no longer be delivered (the loop never ran or has finished).
   void retire();
@@ -53,14 +62,18 @@ class HttpServer::Loop {
     size_t out_index = 0, out_off = 0;
     uint64_t token = 0;  // the request in flight, 0 when none
     bool head = false, keep_alive = true, http10 = false;
-    bool closing = false;    // no further requests: close once the last response is written
-    bool lingering = false;  // write side shut; draining what the client still sends
-    uint32_t events = 0;     // as registered with epoll
+    bool streaming = false;    // the request in flight's response is started, its body follows
+    bool chunked = false;      // ... in chunked transfer coding
+    bool omit_pieces = false;  // ... but carries no body (HEAD, 204, 304)
+    size_t unsent = 0;         // bytes in `out` not yet written
+    bool closing = false;      // no further requests: close once the last response is written
+    bool lingering = false;    // write side shut; draining what the client still sends
+    uint32_t events = 0;       // as registered with epoll
     // When the client last saw progress: accepted, answered, or response bytes sent. Bytes it
     // sends do not count, so a request trickled in slowly cannot hold the connection.
     Clock::time_point active;
   };
-  using Posted = std::vector<std::pair<uint64_t, HttpResponse>>;
+  using Posted = std::vector<Post>;
 
   // http_server_loop.cpp
   void accept_all();
@@ -79,7 +92,12 @@ class HttpServer::Loop {
   bool advance(Conn& c);
   bool after_feed(Conn& c);
   void dispatch(Conn& c);
-  void answer(uint64_t token, HttpResponse&& response);
+  void deliver(Post&& post);
+  void answer(Conn& c, HttpResponse&& response);
+  void start(Conn& c, HttpResponse&& response);
+  void continue_stream(Conn& c, Post&& post);
+  bool finish(Conn& c);
+  void queue(Conn& c, std::string&& bytes);
   bool reject(Conn& c, int status, std::string_view message);
   bool flush(Conn& c);
   bool start_linger(Conn& c);

@@ -14,6 +14,7 @@
 
 #include "core/gateway.hpp"
 #include "test_util.hpp"
+#include "tests/http_client.hpp"
 
 namespace stoker {
 namespace {
@@ -163,7 +164,8 @@ TEST(Gateway, ForwardsWhatItDoesNotHandle) {
   Fixture f;
   std::thread app([&f] {
     std::vector<std::pair<uint64_t, HttpRequest>> batch;
-    while (f.gateway->next_forwarded(batch)) {
+    std::vector<uint64_t> abandoned;
+    while (f.gateway->next_forwarded(batch, abandoned)) {
       for (auto& [token, request] : batch) {
         HttpResponse response;
         response.body = request.method + " " + request.path;
@@ -178,6 +180,33 @@ TEST(Gateway, ForwardsWhatItDoesNotHandle) {
   EXPECT_EQ(f.gateway->forwarded(), 1u);
   f.gateway->shutdown(100ms);
   app.join();
+}
+
+TEST(Gateway, StreamsForwardedAnswersAndTellsWhenTheirClientsLeave) {
+  Fixture f;
+  std::vector<std::pair<uint64_t, HttpRequest>> batch;
+  std::vector<uint64_t> abandoned;
+  uint64_t token;
+  {
+    test::Client c(f.gateway->port());
+    c.send("POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}");
+    ASSERT_TRUE(f.gateway->next_forwarded(batch, abandoned));
+    ASSERT_EQ(batch.size(), 1u);
+    EXPECT_TRUE(abandoned.empty());
+    token = batch[0].first;
+    HttpResponse head;
+    head.headers.push_back({"content-type", "text/event-stream"});
+    f.gateway->respond_start(token, std::move(head));
+    f.gateway->respond_pieces({{token, "data: 1\n\n", false}});
+    const std::string got = c.read_until("data: 1\n\n");
+    EXPECT_NE(got.find("Transfer-Encoding: chunked"), std::string::npos) << got;
+  }
+  batch.clear();
+  ASSERT_TRUE(f.gateway->next_forwarded(batch, abandoned));
+  EXPECT_TRUE(batch.empty());
+  EXPECT_EQ(abandoned, std::vector<uint64_t>{token});
+  f.gateway->shutdown(100ms);
+  EXPECT_FALSE(f.gateway->next_forwarded(batch, abandoned));
 }
 
 TEST(Gateway, ManyClientsEachGetTheirOwnAnswer) {

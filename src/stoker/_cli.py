@@ -118,8 +118,8 @@ def serve(
     front: Annotated[
         Literal["auto", "native", "uvicorn"],
         typer.Option(
-            help="native: the C++ HTTP server takes the hot path; uvicorn: all Python (needed "
-            "for streamed completions); auto: native unless a text-generation model is served"
+            help="native: the C++ HTTP server takes the hot path and writes streamed tokens; "
+            "uvicorn: all Python; auto: native unless a text-generation model is served"
         ),
     ] = "auto",
     io_threads: Annotated[int, typer.Option(help="native front: I/O threads")] = 1,
@@ -188,10 +188,6 @@ def serve(
     if weights is None and config is None and image_models and not Path(model or "").is_file():
         typer.echo(f"note: {model} runs with random weights (no --weights given)", err=True)
     generating = any(m.task == "text-generation" for m in settings.models)
-    if front == "native" and generating:
-        # The native front answers forwarded requests whole and does not tell the application
-        # when a client leaves: streamed tokens and aborts need the ASGI server.
-        raise typer.BadParameter("text-generation models are served with --front uvicorn")
     if front == "native" or (front == "auto" and not generating):
         import logging
 

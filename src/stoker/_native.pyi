@@ -275,17 +275,30 @@ class Gateway:
         Stop accepting, let requests in flight finish for up to drain_s, close.
         """
 
-    def next_forwarded(self) -> list:
+    def next_forwarded(self) -> object:
         """
-        Wait for requests left to Python: [(token, method, path, query, headers, body)], all
-        but the token as bytes;
-        an empty list once shut down.
+        Wait for requests left to Python and forwarded requests whose clients left:
+        ([(token, method, path, query, headers, body)], [abandoned token]), all but the
+        tokens as bytes; None once shut down.
         """
 
     def respond(
         self, token: int, status: int, headers: Sequence[tuple[str, str]], body: bytes
     ) -> None:
         """Answer a forwarded request."""
+
+    def respond_start(
+        self, token: int, status: int, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> None:
+        """
+        Start a forwarded request's answer whose body follows in pieces (body: the first).
+        """
+
+    def respond_pieces(self, pieces: list) -> None:
+        """
+        Pieces of started answers, [(token, bytes, last)] in order per token; `last` ends
+        that answer. One hand-over per I/O thread, without the GIL.
+        """
 
     def payload(self, id: int) -> bytes:
         """A queued element's image bytes (empty when unknown)."""

@@ -5,7 +5,8 @@ parsed, queued on the model's feeder, answered and encoded natively, with no Pyt
 the engine hands each finished batch to a ``GatewaySink``, which answers all of the gateway's
 rows in one native call. Every other request (other routes, JSON tensors, unusual parameters, and
 malformed requests, whose precise errors the Python codec writes) is forwarded to the same
-FastAPI application that ``stoker serve --front uvicorn`` runs, called in-process through ASGI.
+FastAPI application that ``stoker serve --front uvicorn`` runs, called in-process through ASGI
+(``_forward.py``), streamed completions included.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import signal
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote
 
 import numpy as np
 import numpy.typing as npt
@@ -27,16 +27,15 @@ from stoker._heap import frozen_heap
 from stoker._models import ModelLike
 from stoker.server._app import create_app
 from stoker.server._config import ServerConfig, switch_interval
+from stoker.server._forward import Forwarder
 from stoker.server._front import Front, status_of
+from stoker.server._openai import ServedGenerator
 from stoker.server._replicas import Replicas
 from stoker.server._tasks import ImageClassification
 
 __all__ = ["GatewaySink", "NativeServer", "serve_native"]
 
 log = logging.getLogger("stoker.server")
-
-# The native server writes these itself; an application's own copies would be duplicates.
-_HOP_HEADERS = frozenset({"content-length", "connection", "transfer-encoding", "keep-alive"})
 
 
 class GatewaySink:
@@ -101,12 +100,13 @@ class NativeServer:
         config: ServerConfig,
         models: Mapping[str, ModelLike] | None = None,
         *,
+        generators: Mapping[str, ServedGenerator] | None = None,
         port: int | None = None,
         io_threads: int = 1,
         drain_s: float = 10.0,
     ) -> None:
         self.config = config
-        self.app = create_app(config, models)
+        self.app = create_app(config, models, generators=generators)
         self.front: Front = self.app.state.front
         self.drain_s = drain_s
         # The gateway answers image models' requests itself, feeding each of a model's engines
@@ -143,7 +143,7 @@ class NativeServer:
                 for code, n in gateway.counts(i)
             ]
         )
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._forwarder = Forwarder(self.app, self.gateway, (config.host, self.port))
 
     @property
     def port(self) -> int:
@@ -163,85 +163,17 @@ class NativeServer:
             # Forwarded requests in flight need this loop to finish, so the drain runs elsewhere.
             await loop.run_in_executor(None, self.gateway.shutdown, self.drain_s)
             await loop.run_in_executor(None, bridge.join)
-            for task in list(self._tasks):
-                task.cancel()
+            self._forwarder.cancel()
             self.front.close()
 
     def _bridge(self, loop: asyncio.AbstractEventLoop) -> None:
-        while batch := self.gateway.next_forwarded():
+        while (got := self.gateway.next_forwarded()) is not None:
+            requests, abandoned = got
             try:
-                loop.call_soon_threadsafe(self._dispatch, batch)
+                loop.call_soon_threadsafe(self._forwarder.dispatch, requests, abandoned)
             except RuntimeError:  # the loop closed: answer what is left here, then stop
-                for item in batch:
+                for item in requests:
                     self.gateway.respond(item[0], 503, [("retry-after", "1")], b"")
-
-    def _dispatch(self, batch: list[tuple[Any, ...]]) -> None:
-        for item in batch:
-            task = asyncio.get_running_loop().create_task(self._asgi(*item))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _asgi(
-        self,
-        token: int,
-        method: bytes,
-        path: bytes,
-        query: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-    ) -> None:
-        status = 500
-        reply_headers: list[tuple[str, str]] = []
-        chunks: list[bytes] = []
-        never = asyncio.get_running_loop().create_future()
-        try:
-            # Latin-1 maps every octet to one character, so no request target can fail here;
-            # the application sees the percent-decoded path as ASGI servers give it.
-            target = path.decode("latin-1")
-            scope = {
-                "type": "http",
-                "asgi": {"version": "3.0", "spec_version": "2.3"},
-                "http_version": "1.1",
-                "method": method.decode("latin-1"),
-                "scheme": "http",
-                "path": unquote(target, encoding="utf-8", errors="replace"),
-                "raw_path": path,
-                "query_string": query,
-                "root_path": "",
-                "headers": headers,
-                "server": (self.config.host, self.port),
-                "client": None,
-            }
-            delivered = False
-
-            async def receive() -> dict[str, Any]:
-                nonlocal delivered
-                if not delivered:
-                    delivered = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                await never  # the body is whole; a disconnect is not signalled to the app
-                return {"type": "http.disconnect"}
-
-            async def send(message: Mapping[str, Any]) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = int(message["status"])
-                    for k, v in message.get("headers", []):
-                        name = k.decode("latin-1").lower()
-                        if name not in _HOP_HEADERS:
-                            reply_headers.append((name, v.decode("latin-1")))
-                elif message["type"] == "http.response.body":
-                    chunks.append(bytes(message.get("body", b"")))
-
-            await self.app(scope, receive, send)
-        except Exception:
-            log.exception("the application failed on %r %r", method, path)
-            status, reply_headers = 500, [("content-type", "application/json")]
-            chunks = [b'{"error": "internal error"}']
-        finally:
-            never.cancel()
-            # Every forwarded request is answered exactly once, whatever happened above.
-            self.gateway.respond(token, status, reply_headers, b"".join(chunks))
 
 
 def serve_native(config: ServerConfig, *, io_threads: int = 1, drain_s: float = 10.0) -> None:
