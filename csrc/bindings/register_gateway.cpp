@@ -89,7 +89,8 @@ void respond_pieces(Gateway& g, const nb::list& items) {
     const auto [token, bytes, last] = nb::cast<std::tuple<uint64_t, nb::bytes, bool>>(item);
     pieces.push_back({token, std::string(bytes.c_str(), bytes.size()), last});
   }
-  nb::gil_scoped_release release;
+  // Handing over takes a lock and a wakeup: releasing the GIL for that long would cost more, as
+  // getting it back can wait a whole switch interval for another thread.
   g.respond_pieces(std::move(pieces));
 }
 
@@ -157,7 +158,6 @@ void register_gateway(nb::module_& m) {
           "respond",
           [](Gateway& g, uint64_t token, int status, std::vector<Header> headers, nb::bytes body) {
             HttpResponse r = response_of(status, std::move(headers), body);
-            nb::gil_scoped_release release;
             g.respond(token, std::move(r));
           },
           nb::arg("token"), nb::arg("status"), nb::arg("headers"), nb::arg("body"),
@@ -166,14 +166,13 @@ void register_gateway(nb::module_& m) {
           "respond_start",
           [](Gateway& g, uint64_t token, int status, std::vector<Header> headers, nb::bytes body) {
             HttpResponse r = response_of(status, std::move(headers), body);
-            nb::gil_scoped_release release;
             g.respond_start(token, std::move(r));
           },
           nb::arg("token"), nb::arg("status"), nb::arg("headers"), nb::arg("body"),
           "Start a forwarded request's answer whose body follows in pieces (body: the first).")
       .def("respond_pieces", &respond_pieces, nb::arg("pieces"),
            "Pieces of started answers, [(token, bytes, last)] in order per token; `last` ends\n"
-           "that answer. One hand-over per I/O thread, without the GIL.")
+           "that answer. One hand-over per I/O thread.")
       .def(
           "payload",
           [](const Gateway& g, uint64_t id) {

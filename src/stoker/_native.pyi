@@ -297,7 +297,7 @@ class Gateway:
     def respond_pieces(self, pieces: list) -> None:
         """
         Pieces of started answers, [(token, bytes, last)] in order per token; `last` ends
-        that answer. One hand-over per I/O thread, without the GIL.
+        that answer. One hand-over per I/O thread.
         """
 
     def payload(self, id: int) -> bytes:
