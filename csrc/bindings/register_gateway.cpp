@@ -3,6 +3,7 @@
 // the GIL.
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/array.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
@@ -12,6 +13,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -48,7 +50,7 @@ std::unique_ptr<Gateway> make_gateway(std::string host, uint16_t port, size_t io
   return std::make_unique<Gateway>(std::move(config), std::move(list));
 }
 
-nb::object forwarded(Gateway& g) {
+std::optional<std::pair<nb::list, std::vector<uint64_t>>> forwarded(Gateway& g) {
   std::vector<std::pair<uint64_t, HttpRequest>> batch;
   std::vector<uint64_t> abandoned;
   bool got;
@@ -56,7 +58,7 @@ nb::object forwarded(Gateway& g) {
     nb::gil_scoped_release release;
     got = g.next_forwarded(batch, abandoned);
   }
-  if (!got) return nb::none();
+  if (!got) return std::nullopt;
   nb::list out;
   for (auto& [token, r] : batch) {
     nb::list headers;
@@ -70,7 +72,7 @@ nb::object forwarded(Gateway& g) {
                               nb::bytes(r.query.data(), r.query.size()), headers,
                               nb::bytes(r.body.data(), r.body.size())));
   }
-  return nb::make_tuple(out, nb::cast(abandoned));
+  return std::make_pair(std::move(out), std::move(abandoned));
 }
 
 HttpResponse response_of(int status, std::vector<Header>&& headers, nb::bytes body) {

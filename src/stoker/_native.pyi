@@ -275,7 +275,7 @@ class Gateway:
         Stop accepting, let requests in flight finish for up to drain_s, close.
         """
 
-    def next_forwarded(self) -> object:
+    def next_forwarded(self) -> tuple[list, list[int]] | None:
         """
         Wait for requests left to Python and forwarded requests whose clients left:
         ([(token, method, path, query, headers, body)], [abandoned token]), all but the
