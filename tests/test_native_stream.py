@@ -123,12 +123,16 @@ def test_a_reported_disconnect_reaches_the_application() -> None:
         forwarder.dispatch([], [7, 99])  # 99: not in flight, ignored
         await asyncio.sleep(0.05)
         assert not forwarder._tasks
+        # A client gone before its request's task first ran.
+        forwarder.dispatch([_request(8, "/")], [8])
+        await asyncio.sleep(0.05)
+        assert not forwarder._tasks
 
     asyncio.run(run())
-    assert seen == ["http.disconnect"]
-    assert gateway.started == [(7, 200, b"first")]
-    # The application returned without ending its stream: the forwarder ends it.
-    assert [p for call in gateway.calls for p in call] == [(7, b"", True)]
+    assert seen == ["http.disconnect", "http.disconnect"]
+    assert gateway.started == [(7, 200, b"first"), (8, 200, b"first")]
+    # The application returned without ending its streams: the forwarder ends them.
+    assert [p for call in gateway.calls for p in call] == [(7, b"", True), (8, b"", True)]
 
 
 # -- generation served by the native front ---------------------------------------------------

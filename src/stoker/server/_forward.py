@@ -44,13 +44,15 @@ class Forwarder:
         """On the loop: starts the requests, then tells those in flight whose clients left."""
         loop = asyncio.get_running_loop()
         for item in requests:
-            task = loop.create_task(self._call(*item))
+            # Made here, not in the task: a client may be gone by the time its task first runs.
+            gone = self._gone[item[0]] = loop.create_future()
+            task = loop.create_task(self._call(gone, *item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         for token in abandoned:
-            gone = self._gone.get(token)
-            if gone is not None and not gone.done():
-                gone.set_result(None)
+            left = self._gone.get(token)
+            if left is not None and not left.done():
+                left.set_result(None)
 
     def cancel(self) -> None:
         for task in list(self._tasks):
@@ -67,6 +69,7 @@ class Forwarder:
 
     async def _call(
         self,
+        gone: asyncio.Future[None],
         token: int,
         method: bytes,
         path: bytes,
@@ -77,8 +80,6 @@ class Forwarder:
         status = 500
         reply_headers: list[tuple[str, str]] = []
         started = ended = False
-        gone = asyncio.get_running_loop().create_future()
-        self._gone[token] = gone
         try:
             # Latin-1 maps every octet to one character, so no request target can fail here;
             # the application sees the percent-decoded path as ASGI servers give it.
