@@ -430,3 +430,65 @@ def test_a_failing_step_fails_its_sequences_and_the_engine_goes_on(
     assert stats.running == stats.waiting == 0
     assert stats.kv_blocks_free == stats.kv_blocks
     assert engine.generate(prompts, GREEDY) == expected  # the engine still serves
+
+
+def test_an_eager_step_hands_out_the_step_before_while_it_is_queued(
+    llama: Path, engine_of: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stoker.generate._engine as engine_module
+    from stoker.generate._requests import deliver as real_deliver
+
+    prompts = _prompts(4, seed=43, lengths=(40, 90))
+    # A 32-token budget spreads each prompt over steps that also decode the others.
+    engine = engine_of(llama, max_num_seqs=4, max_num_batched_tokens=32)
+    expected = engine.generate(prompts, GREEDY)
+    handed = 0
+
+    def counting(updates: Any, error: BaseException | None = None) -> None:
+        nonlocal handed
+        handed += 1
+        real_deliver(updates, error)
+
+    monkeypatch.setattr(engine_module, "deliver", counting)
+    during: list[tuple[bool, int]] = []
+    real_launch = engine.runner.launch
+
+    def launch(step: Any, *args: Any) -> Any:
+        before = handed
+        sampled = real_launch(step, *args)
+        during.append((bool((step.query_lens > 1).any()), handed - before))
+        return sampled
+
+    engine.runner.launch = launch
+    assert engine.generate(prompts, GREEDY) == expected
+    # On the CPU every step runs eagerly and the step before is done by its first layer.
+    assert any(prompt and n == 1 for prompt, n in during)
+    assert all(n <= 1 for _, n in during)
+    assert sum(n for _, n in during) >= len(during) - 1
+
+
+def test_owed_tokens_leave_once_and_only_when_the_device_has_them() -> None:
+    from stoker.generate._engine import _Owed
+    from stoker.generate._requests import Done
+
+    class Pending:
+        done = False
+
+        def ready(self) -> bool:
+            return self.done
+
+    sampled = Pending()
+    finished: list[Any] = []
+
+    def finish(*launched: Any) -> Done:
+        finished.append(launched)
+        return Done([], [], [], {})
+
+    owed = _Owed(finish, (None, [], sampled))  # type: ignore[arg-type]
+    owed.poll()
+    assert finished == []
+    sampled.done = True
+    owed.poll()
+    owed.poll()
+    owed.hand_out()
+    assert finished == [(None, [], sampled)]

@@ -252,8 +252,10 @@ def test_padded_verifying_rows_see_what_unpadded_rows_see(llama: Path, engine_of
     real = runner.logits
     widths: set[int] = set()  # row widths of the steps compared
 
-    def checked(step: Any, rows: Any, verify: Any = None, previous: Any = None) -> Any:
-        assert previous is None  # never scheduled ahead with drafts
+    def checked(
+        step: Any, rows: Any, verify: Any = None, previous: Any = None, poll: Any = None
+    ) -> Any:
+        assert previous is None and poll is None  # never scheduled ahead with drafts
         if verify is not None and runner.verify_fits(step, rows):
             # Padding rows too: the bucket is larger than the step.
             padded = _padded_logits(runner, step, rows, len(step.query_lens) + 3)
@@ -275,7 +277,9 @@ def test_verify_fits_only_steps_of_decoding_rows(llama: Path, engine_of: Any) ->
     seen = {"prefill": 0, "verify": 0}
     real = runner.logits
 
-    def watch(step: Any, rows: Any, verify: Any = None, previous: Any = None) -> Any:
+    def watch(
+        step: Any, rows: Any, verify: Any = None, previous: Any = None, poll: Any = None
+    ) -> Any:
         fits = runner.verify_fits(step, rows)
         if any(q > d + 1 for q, d in zip(step.query_lens, step.draft_lens, strict=True)):
             assert not fits  # a prefill chunk is in the step
@@ -283,7 +287,7 @@ def test_verify_fits_only_steps_of_decoding_rows(llama: Path, engine_of: Any) ->
         elif verify is not None:
             assert fits == (int(step.context_lens.min()) >= 3)
             seen["verify"] += int(fits)
-        return real(step, rows, verify, previous)
+        return real(step, rows, verify, previous, poll)
 
     runner.logits = watch
     spec.generate(_prompts(4, seed=22), GREEDY)

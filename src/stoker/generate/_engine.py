@@ -9,6 +9,12 @@ pending rows, filled on the device): the host's work for step N + 1 (schedule, u
 and for step N's tokens (update, hand-out) all run while the device computes, so it never waits
 for them. A row of a sequence that stopped on eos in the step before runs for nothing. With
 speculative decoding the drafts depend on the last tokens, so each step waits for them first.
+
+A step that carries prompt tokens runs eagerly, and queueing its layers takes the host longer
+than the device needs for the decode step before it (on an H100, about 13 ms against 11 ms for
+Qwen3-0.6B at 256 sequences). Between those layers the engine checks whether the step before
+has finished and hands its tokens out at once, rather than after the whole step is queued: the
+gap a stream sees between two tokens follows the device, not the host's queueing.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import itertools
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +61,25 @@ __all__ = ["GenerateEngine", "folder_tokenizer"]
 log = logging.getLogger("stoker.generate")
 
 Launched = tuple[SchedulerStep, list[Request], Sampled | None]
+
+
+class _Owed:
+    """A launched step whose tokens are handed out once: by ``poll``, as soon as the device has
+    them, or by ``hand_out``, waiting for them."""
+
+    def __init__(self, finish: Callable[..., Done], launched: Launched) -> None:
+        self._finish = finish
+        self._launched: Launched | None = launched
+
+    def poll(self) -> None:
+        launched = self._launched
+        if launched is not None and (launched[2] is None or launched[2].ready()):
+            self.hand_out()
+
+    def hand_out(self) -> None:
+        launched, self._launched = self._launched, None
+        if launched is not None:
+            deliver(collect(self._finish(*launched)))
 
 
 def folder_tokenizer(folder: Path) -> Tokenizer:
@@ -261,11 +286,11 @@ class GenerateEngine:
                 if not self._take(wait=inflight is None):
                     break
                 try:
-                    launched = self._launch(inflight)
-                    if inflight is not None:
-                        done = self._finish(*inflight)
+                    owed = _Owed(self._finish, inflight) if inflight is not None else None
+                    launched = self._launch(inflight, owed.poll if owed else None)
+                    if owed is not None:
+                        owed.hand_out()
                         inflight = None
-                        deliver(collect(done))
                     if pending is not None:
                         deliver(collect(pending))
                         pending = None
@@ -352,8 +377,11 @@ class GenerateEngine:
                     self._speculation.forget(seq)
         return True
 
-    def _launch(self, inflight: Launched | None) -> Launched | None:
-        """Schedules a step and queues it on the device, ahead of ``inflight``'s tokens."""
+    def _launch(
+        self, inflight: Launched | None, poll: Callable[[], object] | None = None
+    ) -> Launched | None:
+        """Schedules a step and queues it on the device, ahead of ``inflight``'s tokens;
+        ``poll`` goes to the runner."""
         if not (self.scheduler.num_running or self.scheduler.num_waiting):
             return None
         if self._speculation is not None:
@@ -379,7 +407,7 @@ class GenerateEngine:
         requests = [self._requests[s] for s in sample]
         self._clock.launched()
         if not requests:
-            self.runner.logits(step, rows)  # prefill chunks only: nothing to sample
+            self.runner.logits(step, rows, None, None, poll)  # prefill chunks only: no sampling
             return step, requests, None
         options = [r.options for r in requests]
         # A seeded row's noise is keyed by the sampled token's position, which depends on the
@@ -389,7 +417,11 @@ class GenerateEngine:
         if verify is not None and not verify.any():
             verify = None
         previous = inflight[2] if inflight is not None else None
-        return step, requests, self.runner.launch(step, rows, options, positions, verify, previous)
+        return (
+            step,
+            requests,
+            self.runner.launch(step, rows, options, positions, verify, previous, poll),
+        )
 
     def _finish(
         self, step: SchedulerStep, requests: list[Request], sampled: Sampled | None

@@ -9,7 +9,7 @@ load from Hugging Face-named tensors, so a model folder's safetensors load as th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,17 +147,27 @@ class Decoder(nn.Module):
         ]
 
     @torch.inference_mode()
-    def forward(self, step: StepBatch, cache: KVCache, head: bool = True) -> Tensor:
+    def forward(
+        self,
+        step: StepBatch,
+        cache: KVCache,
+        head: bool = True,
+        poll: Callable[[], object] | None = None,
+    ) -> Tensor:
         """Float32 logits of the ``logits_indices`` rows, (N, vocab); without ``head``, their
-        final hidden states, (N, hidden), for ``head()`` to turn into logits later."""
-        h = self._forward_fused(step, cache) if self.fused else self._forward(step, cache)
+        final hidden states, (N, hidden), for ``head()`` to turn into logits later. ``poll`` is
+        called on the host after each layer is queued."""
+        run = self._forward_fused if self.fused else self._forward
+        h = run(step, cache, poll)
         return self.head(h) if head else h
 
     def head(self, hidden: Tensor) -> Tensor:
         """Float32 logits of final hidden states."""
         return F.linear(hidden, self.lm_head).float()
 
-    def _forward(self, step: StepBatch, cache: KVCache) -> Tensor:
+    def _forward(
+        self, step: StepBatch, cache: KVCache, poll: Callable[[], object] | None
+    ) -> Tensor:
         cfg = self.cfg
         t = step.input_ids.shape[0]
         cos = self.cos[step.positions].unsqueeze(1)  # type: ignore[index]
@@ -178,6 +188,8 @@ class Decoder(nn.Module):
             h = _rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
+            if poll is not None:
+                poll()
         return _rms_norm(x[step.logits_indices], self.norm, cfg.rms_norm_eps)
 
     def _attend(
@@ -196,7 +208,9 @@ class Decoder(nn.Module):
         )
         return o.reshape(q.shape[0], -1)
 
-    def _forward_fused(self, step: StepBatch, cache: KVCache) -> Tensor:
+    def _forward_fused(
+        self, step: StepBatch, cache: KVCache, poll: Callable[[], object] | None
+    ) -> Tensor:
         cfg, eps = self.cfg, self.cfg.rms_norm_eps
         t = step.input_ids.shape[0]
         x = self.embed(step.input_ids)
@@ -220,6 +234,8 @@ class Decoder(nn.Module):
             h, x = rms_norm(layer.o(o), layer.post_norm, eps, residual=x)
             mlp = layer.down(silu_mul(layer.gate_up(h)))
             h, x = rms_norm(mlp, next_norm, eps, residual=x)
+            if poll is not None:
+                poll()
         return h[step.logits_indices]
 
     def load(self, tensors: Iterable[tuple[str, Tensor]]) -> None:

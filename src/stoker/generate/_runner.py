@@ -17,7 +17,7 @@ output, so the host never waits for them before launching it.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -280,11 +280,13 @@ class ModelRunner:
         rows: npt.NDArray[np.int64],
         verify: npt.NDArray[np.int64] | None = None,
         previous: Tensor | None = None,
+        poll: Callable[[], object] | None = None,
     ) -> Tensor:
         """Float32 logits of the last token of each of the step's ``rows`` (indices into its
         sequences), or with ``verify`` (the rows' draft counts), of their last ``verify + 1``
         tokens, row after row. ``previous``: the owed step's sampled tokens on the device, for
-        a step scheduled ahead of them."""
+        a step scheduled ahead of them. ``poll``: called between the layers of a step that runs
+        eagerly, which takes the host far longer to queue than a graph replay."""
         self.copy_blocks(step.copies)
         n = len(step.query_lens)
         decode_only = len(step.input_ids) == n and len(rows) == n
@@ -301,7 +303,9 @@ class ModelRunner:
             *values, index = self._upload([*arrays, self.verify_index(step, rows)])
             self.verify_replays += 1
             return self.model.head(self._replay(self.verify_graphs, bucket, values)[index])
-        logits: Tensor = self.model(self._batch(step, rows, verify, previous), self.cache)
+        logits: Tensor = self.model(
+            self._batch(step, rows, verify, previous), self.cache, True, poll
+        )
         return logits
 
     def launch(
@@ -312,17 +316,18 @@ class ModelRunner:
         positions: Sequence[int],
         verify: npt.NDArray[np.int64] | None = None,
         previous: Sampled | None = None,
+        poll: Callable[[], object] | None = None,
     ) -> Sampled:
         """Queues the step and its sampling on the device; the tokens come from the result.
 
         With ``verify`` (draft counts per row) a row with d drafts gets d + 1 tokens, a choice at
         each of its last d + 1 positions that keeps or replaces the draft it verifies
-        (``sample_verifying``)."""
+        (``sample_verifying``). ``poll`` as in ``logits``."""
         timed = self.timeline is not None and self.device.type == "cuda"
         if timed:
             start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             start.record()
-        logits = self.logits(step, rows, verify, previous.device if previous else None)
+        logits = self.logits(step, rows, verify, previous.device if previous else None, poll)
         if verify is not None:
             counts = verify.tolist()
             options = [o for o, d in zip(options, counts, strict=True) for _ in range(d + 1)]
@@ -384,6 +389,10 @@ class Sampled:
 
     def __init__(self, tokens: Tensor, done: torch.cuda.Event | None, device: Tensor) -> None:
         self._tokens, self._done, self.device = tokens, done, device
+
+    def ready(self) -> bool:
+        """Whether ``tokens()`` would return without waiting for the device."""
+        return self._done is None or bool(self._done.query())  # type: ignore[no-untyped-call]
 
     def tokens(self) -> list[int]:
         if self._done is not None:
