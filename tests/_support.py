@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -249,3 +250,27 @@ def uvicorn_thread(app: Any, port: int, start_timeout: float = 30.0) -> Iterator
     finally:
         server.should_exit = True
         thread.join(timeout=start_timeout)
+
+
+class ServedOnThread:
+    """Serves ``server`` (a NativeServer) on an event loop of its own thread until ``close``."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.port: int = server.port
+        self.loop = asyncio.new_event_loop()
+        self.stop = asyncio.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.serve(self.stop))
+        finally:
+            self.loop.close()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()

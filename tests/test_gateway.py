@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import http.client
 import json
@@ -18,6 +17,7 @@ import pytest
 import torch
 from _imagegen import jpeg_rgb
 from _models import FailOnDark, GatedNet, OutOfMemoryAbove, TinyNet
+from _support import ServedOnThread
 
 import stoker
 from stoker.server import ModelConfig, NativeServer, ServerConfig
@@ -35,29 +35,12 @@ def model_config(**kwargs: Any) -> ModelConfig:
     return ModelConfig(**settings)
 
 
-class Running:
+class Running(ServedOnThread):
     """A NativeServer on a free port, served by an event loop of its own thread."""
 
     def __init__(self, model: torch.nn.Module, server: Mapping[str, Any], **kwargs: Any) -> None:
         config = ServerConfig(models=(model_config(**kwargs),), token=TOKEN, **server)
-        self.server = NativeServer(config, {"tiny": model}, port=0, drain_s=5.0)
-        self.port = self.server.port
-        self.loop = asyncio.new_event_loop()
-        self.stop = asyncio.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self.server.serve(self.stop))
-        finally:
-            self.loop.close()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
+        super().__init__(NativeServer(config, {"tiny": model}, port=0, drain_s=5.0))
 
     def request(
         self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None

@@ -7,7 +7,6 @@ import asyncio
 import http.client
 import json
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="needs the server extra")
 
+from _support import ServedOnThread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, StreamingResponse
@@ -138,30 +138,13 @@ def test_a_reported_disconnect_reaches_the_application() -> None:
 # -- generation served by the native front ---------------------------------------------------
 
 
-class NativeThread:
+class NativeThread(ServedOnThread):
     """A NativeServer for ``config`` on an event loop of its own thread."""
 
     def __init__(self, config: Any) -> None:
         from stoker.server import NativeServer
 
-        self.server = NativeServer(config, port=0, drain_s=5.0)
-        self.port = self.server.port
-        self.loop = asyncio.new_event_loop()
-        self.stop = asyncio.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self.server.serve(self.stop))
-        finally:
-            self.loop.close()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
+        super().__init__(NativeServer(config, port=0, drain_s=5.0))
 
     def metric(self, line_start: str) -> float:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
