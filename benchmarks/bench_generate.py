@@ -131,6 +131,7 @@ def run_stoker(args: argparse.Namespace, decoder: Decoder, work: list[Any]) -> d
         max_model_len=args.max_len,
         cuda_graphs=not args.no_graphs,
         schedule_ahead=not args.no_ahead,
+        prompt_graph_tokens=args.prompt_graph_tokens,
     )
     try:
         opts = [SamplingOptions(max_tokens=o, temperature=1.0, ignore_eos=True) for _, o in work]
@@ -151,6 +152,7 @@ def run_stoker(args: argparse.Namespace, decoder: Decoder, work: list[Any]) -> d
             "total_tokens": sum(len(p) + o for p, o in work),
             "kv_blocks": engine.num_blocks,
             "preemptions": engine.stats().preemptions,
+            "prompt_replays": engine.runner.prompt_replays,
         }
         if decoder.device.type == "cuda":
             result |= _idle(engine)
@@ -257,6 +259,12 @@ def main() -> None:
         action="store_true",
         help="wait for each step's tokens before scheduling the next (the A/B baseline)",
     )
+    p.add_argument(
+        "--prompt-graph-tokens",
+        type=int,
+        default=2048,
+        help="steps with prompt tokens replay CUDA graphs up to this many tokens (0: eager)",
+    )
     p.add_argument("--hf-batch", type=int, default=64)
     p.add_argument("--hf-batches", type=int, default=0, help="run only this many (0: all)")
     p.add_argument("--no-hf", action="store_true")
@@ -305,7 +313,7 @@ def main() -> None:
         )
         print(
             f"        {s['prompt_steps']} steps with prompt tokens, median "
-            f"{s['prompt_step_ms_median']:.2f} ms"
+            f"{s['prompt_step_ms_median']:.2f} ms, {s['prompt_replays']} of them graph replays"
         )
     if "prefix" in s:
         x = s["prefix"]

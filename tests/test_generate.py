@@ -87,7 +87,7 @@ def test_cuda_greedy_matches_transformers_with_and_without_graphs(
         engine = engine_of(
             folder, device="cuda", dtype=torch.float32, max_num_seqs=8, cuda_graphs=graphs
         )
-        assert bool(engine.runner.graphs) == graphs
+        assert (engine.runner.graphs is not None) == graphs
         assert engine.generate(prompts, GREEDY) == reference
 
 
@@ -492,3 +492,79 @@ def test_owed_tokens_leave_once_and_only_when_the_device_has_them() -> None:
     owed.poll()
     owed.hand_out()
     assert finished == [(None, [], sampled)]
+
+
+def test_padded_prompt_steps_see_what_unpadded_steps_see(
+    llama: Path, engine_of: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    from stoker.generate import _model
+    from stoker.generate._attention import HAS_TRITON, paged_attention
+    from stoker.generate._runner import _fill_pending, _pending_arrays
+
+    if HAS_TRITON:  # the kernel (interpreted here) with the step's tile map, as a graph runs it
+        monkeypatch.setattr(
+            _model, "paged_attention", functools.partial(paged_attention, backend="triton")
+        )
+    prompts = _prompts(4, seed=45, lengths=(20, 70))
+    engine = engine_of(llama, max_num_seqs=4, max_num_batched_tokens=32)
+    expected = engine.generate(prompts, GREEDY)
+    runner = engine.runner
+    real = runner.logits
+    compared = {"ahead": 0, "all": 0, "padding rows": 0}
+
+    def checked(
+        step: Any, rows: Any, verify: Any = None, previous: Any = None, poll: Any = None
+    ) -> Any:
+        eager = real(step, rows, verify, previous, poll)
+        t, n = len(step.input_ids), len(step.query_lens)
+        if t == n:
+            return eager
+        # Five padding tokens, and padding rows up to max_num_seqs, as a graph runs the step.
+        arrays = runner.prompt_arrays(step, rows, t + 5)
+        ids, pos, slots, ctx, tables, cu, last, tiles = (torch.from_numpy(a) for a in arrays)
+        fill = [torch.from_numpy(a) for a in _pending_arrays(step, previous)]
+        _fill_pending(ids, fill, previous)
+        batch = _model.StepBatch(
+            ids, pos, slots, cu.int(), ctx.int(), tables.int(), last, t + 5, tiles
+        )
+        hidden = runner.model(batch, runner.cache, False)
+        padded = runner.model.head(hidden[: len(rows)])
+        torch.testing.assert_close(padded, eager, rtol=1e-4, atol=1e-4)
+        compared["all"] += 1
+        compared["ahead"] += int(bool(fill))
+        compared["padding rows"] += int(n < 4)
+        return eager
+
+    runner.logits = checked
+    assert engine.generate(prompts, GREEDY) == expected
+    # Pending tokens filled in some of the steps, padding rows in others.
+    assert compared["all"] > 3 and compared["ahead"] > 0 and compared["padding rows"] > 0
+
+
+def test_prompt_graph_tokens_must_not_be_negative(llama: Path) -> None:
+    from stoker.generate import GenerateEngine
+    from stoker.server import ModelConfig
+
+    with pytest.raises(ValueError, match="prompt_graph_tokens"):
+        GenerateEngine(llama, prompt_graph_tokens=-1)
+    with pytest.raises(ValueError, match="prompt_graph_tokens"):
+        ModelConfig(name="m", model=str(llama), task="text-generation", prompt_graph_tokens=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("ahead", [True, False])
+def test_cuda_prompt_graphs_keep_greedy_output(llama: Path, engine_of: Any, ahead: bool) -> None:
+    prompts = _prompts(6, seed=47, lengths=(20, 90))
+    # A 64-token budget mixes prompt chunks with decoding rows in most steps.
+    options = {"device": "cuda", "dtype": torch.float32, "max_num_seqs": 8}
+    options |= {"max_num_batched_tokens": 64, "schedule_ahead": ahead}
+    eager = engine_of(llama, prompt_graph_tokens=0, **options)
+    expected = eager.generate(prompts, GREEDY)
+    assert eager.runner.prompt_replays == 0
+    graphed = engine_of(llama, **options)
+    assert graphed.runner.prompt_buckets == [64]
+    assert graphed.generate(prompts, GREEDY) == expected
+    assert graphed.runner.prompt_replays > 3
+    assert expected == _reference(llama, prompts, GREEDY.max_tokens)

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, cast
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from stoker.generate import _attention
 from stoker.generate._attention import (
     HAS_TRITON,
+    chunk_tiles,
+    max_chunk_tiles,
     paged_attention,
     paged_attention_reference,
     paged_attention_triton,
@@ -287,6 +290,67 @@ def test_triton_int64_metadata_and_empty_step() -> None:
     assert_close(attend(step.to(DEVICE), 0.5, "triton"), want, torch.float32)
     empty = make_step([0, 0], [0, 0]).to(DEVICE)
     assert attend(empty, 0.5, "triton").shape == (0, 4, 32)
+
+
+def mapped(step: Step, scale: float, size: int | None = None) -> torch.Tensor:
+    """The kernel with the step's tile map (padded to ``size``) deciding the chunk programs."""
+    group = step.q.shape[1] // step.k_cache.shape[2]
+    q_lens = np.diff(step.cu.numpy())
+    tiles = chunk_tiles(q_lens, group, step.q.dtype, step.q.shape[2], size)
+    dev = step.to(DEVICE)
+    args = (dev.q, dev.k_cache, dev.v_cache, dev.cu, dev.ctx, dev.tables, scale)
+    tiles_dev = torch.from_numpy(tiles).to(DEVICE)
+    return paged_attention(*args, step.max_query_len, backend="triton", tiles=tiles_dev)
+
+
+@needs_triton
+@pytest.mark.parametrize("pad", [0, 5])
+def test_triton_tile_map_matches_the_reference(pad: int) -> None:
+    # Decode rows, rows either side of the decode tile, chunks spanning several wide tiles and
+    # padding rows; the map padded or not. NaN in unowned slots shows any stray read.
+    q_lens = [1, 8, 9, 0, 70, 1, 33, 2, 0]
+    ctx = [30, 8, 40, 0, 90, 1, 33, 19, 0]
+    step = make_step(q_lens, ctx, n_q=4, n_kv=2, head_dim=32, seed=11)
+    want = attend(step, 0.3, "torch")
+    assert_close(want, dense(step, 0.3), torch.float32)
+    exact = chunk_tiles(np.array(q_lens), 2, torch.float32, 32).shape[1]
+    assert_close(mapped(step, 0.3, exact + pad), want, torch.float32)
+
+
+@needs_triton
+def test_triton_tile_map_with_a_loose_max_query_len() -> None:
+    # A graph launches with max_query_len at its token budget: the map alone bounds the work.
+    step = make_step([1, 20, 1, 0], [5, 25, 60, 0], n_q=8, n_kv=2, seed=12)
+    want = attend(step, 0.25, "torch")
+    step.max_query_len = 256
+    assert_close(mapped(step, 0.25, 40), want, torch.float32)
+
+
+def test_chunk_tiles_lists_the_pairs_with_work() -> None:
+    # float32, head dim 32, group 2: decode tiles hold 8 query tokens, wide ones 16.
+    tiles = chunk_tiles(np.array([1, 8, 9, 0, 33, 16]), 2, torch.float32, 32)
+    assert tiles.tolist() == [[2, 4, 4, 4, 5], [0, 0, 1, 2, 0]]
+    padded = chunk_tiles(np.array([9]), 2, torch.float32, 32, size=3)
+    assert padded[0].tolist() == [0, 0, 0]
+    assert padded[1, 0] == 0 and bool((padded[1, 1:] > 1 << 30).all())
+    with pytest.raises(ValueError, match="size=1"):
+        chunk_tiles(np.array([40]), 2, torch.float32, 32, size=1)
+    assert chunk_tiles(np.array([1, 1]), 2, torch.float32, 32).shape == (2, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_chunk_tiles_bounds_any_split_of_a_step(dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(3)
+    for total in (9, 100, 257, 2048):
+        bound = max_chunk_tiles(total, 2, dtype, 128)
+        for _ in range(200):
+            cuts = np.sort(rng.integers(0, total + 1, size=int(rng.integers(1, 300))))
+            q_lens = np.diff(np.concatenate(([0], cuts, [total])))
+            assert chunk_tiles(q_lens, 2, dtype, 128).shape[1] <= bound
+        # As many rows as fit, each one token past the decode tile and one past a wide tile.
+        for width in (9, 33, 65):
+            worst = np.full(total // width, width)
+            assert chunk_tiles(worst, 2, dtype, 128).shape[1] <= bound
 
 
 @needs_triton

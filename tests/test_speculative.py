@@ -248,7 +248,7 @@ def test_padded_verifying_rows_see_what_unpadded_rows_see(llama: Path, engine_of
     oracle = Oracle(full, num_tokens=3)
     spec = engine_of(llama, max_num_seqs=8, speculative=oracle)
     runner = spec.runner
-    assert runner.verify_width == 4 and not runner.verify_graphs  # no graphs on the CPU
+    assert runner.verify_width == 4 and runner.graphs is None  # no graphs on the CPU
     real = runner.logits
     widths: set[int] = set()  # row widths of the steps compared
 
@@ -305,7 +305,7 @@ def test_verifying_steps_replay_graphs_and_keep_greedy_output(llama: Path, engin
         spec = engine_of(
             llama, device="cuda", dtype=torch.float32, max_num_seqs=8, speculative=oracle
         )
-        assert spec.runner.verify_graphs
+        assert spec.runner.graphs is not None and spec.runner.graphs.verify
         assert spec.generate(prompts, GREEDY) == expected
         assert spec.runner.verify_replays > 0
         assert spec.stats().draft_tokens > 0

@@ -73,6 +73,13 @@ def serve(
         bool,
         typer.Option(help="text-generation: launch each step before the last one's tokens"),
     ] = True,
+    prompt_graph_tokens: Annotated[
+        int,
+        typer.Option(
+            help="text-generation: steps with prompt tokens replay CUDA graphs up to this many "
+            "tokens (0: eager)"
+        ),
+    ] = 2048,
     engine_process: Annotated[
         bool,
         typer.Option(help="text-generation: run the engine in a process of its own"),
@@ -170,6 +177,7 @@ def serve(
                 max_model_len=max_model_len,
                 speculative_tokens=speculative_tokens,
                 schedule_ahead=schedule_ahead,
+                prompt_graph_tokens=prompt_graph_tokens,
                 engine_process=engine_process,
                 weights=weights,
                 device=device,

@@ -12,6 +12,12 @@ tokens of all sequences back to back (``cu_query_lens`` marks where each starts)
 which then runs in Triton's interpreter. The kernel and ``write_kv`` never synchronize with the
 host and their launches depend only on shapes and the host ``max_query_len``, so a step can be
 captured in a CUDA graph.
+
+Rows longer than a decode tile (prompt chunks) take wide query tiles. Without a map their launch
+covers every (tile up to ``max_query_len``, sequence) pair, and beside 256 decoding rows almost
+all of those programs return at once; ``chunk_tiles`` lists, on the host, just the (sequence,
+tile) pairs that have work, so the launch has one program per pair. Padded with empty entries to
+a fixed length, the same map lets a CUDA graph serve any step of up to that many tiles.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from __future__ import annotations
 import functools
 from typing import Any, Literal, cast
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from stoker._triton import HAS_TRITON, interpreted, jit, on_device, tl, triton
 
 __all__ = [
     "HAS_TRITON",
+    "chunk_tiles",
     "paged_attention",
     "paged_attention_reference",
     "paged_attention_triton",
@@ -71,6 +80,9 @@ def _paged_attention_kernel(
     st_b: tl.tensor,
     q_min: tl.tensor,
     q_max: tl.tensor,
+    map_ptr: tl.tensor,
+    map_stride: tl.tensor,
+    MAPPED: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     PAGE: tl.constexpr,
@@ -81,10 +93,16 @@ def _paged_attention_kernel(
     UPCAST: tl.constexpr,
 ) -> None:
     """One (query tile, kv head, sequence): rows are TOKENS query tokens x GROUP q heads. Only
-    sequences of q_min to q_max query tokens: the others are another launch's."""
-    tile = tl.program_id(0)
+    sequences of q_min to q_max query tokens: the others are another launch's. MAPPED: the
+    first program index picks a (sequence, tile) pair of the map; padding pairs name a tile past
+    any sequence's queries."""
     kv_head = tl.program_id(1)
-    seq = tl.program_id(2)
+    if MAPPED:
+        seq = tl.load(map_ptr + tl.program_id(0))
+        tile = tl.load(map_ptr + map_stride + tl.program_id(0))
+    else:
+        tile = tl.program_id(0)
+        seq = tl.program_id(2)
     q_start = tl.load(cu_ptr + seq)
     q_len = tl.load(cu_ptr + seq + 1) - q_start
     # Past the sequence's queries (padding rows included): the grid covers max_query_len.
@@ -297,6 +315,50 @@ def _tiles(
     return rows, rows // group, wide
 
 
+# A padding pair's tile: past any sequence's queries, so its program returns at once.
+_PAD_TILE = 1 << 40
+
+
+def _chunk_shape(group: int, dtype: torch.dtype, head_dim: int) -> tuple[int, int]:
+    """(query tokens of a decode tile, query tokens of a wide tile)."""
+    return _tiles(group, 1, dtype, head_dim)[1], _tiles(group, 1 << 20, dtype, head_dim)[1]
+
+
+def chunk_tiles(
+    query_lens: npt.NDArray[np.integer[Any]],
+    group: int,
+    dtype: torch.dtype,
+    head_dim: int,
+    size: int | None = None,
+) -> npt.NDArray[np.int64]:
+    """The (sequence, query tile) pairs of the step's rows longer than a decode tile, as the
+    ``[2, M]`` int64 map ``paged_attention`` takes as ``tiles`` (sequences, then tiles), for q
+    heads ``group`` times the kv heads of ``head_dim`` in ``dtype``. With ``size``, padded to
+    M = ``size`` (at least ``max_chunk_tiles`` of the step's tokens)."""
+    small, tokens = _chunk_shape(group, dtype, head_dim)
+    q = np.asarray(query_lens, dtype=np.int64)
+    counts = np.where(q > small, -(-q // tokens), 0)
+    total = int(counts.sum())
+    width = total if size is None else size
+    if total > width:
+        raise ValueError(f"the step has {total} query tiles, more than size={size}")
+    out = np.empty((2, width), dtype=np.int64)
+    out[0, :total] = np.repeat(np.arange(len(q), dtype=np.int64), counts)
+    out[1, :total] = np.arange(total, dtype=np.int64) - np.repeat(
+        np.cumsum(counts) - counts, counts
+    )
+    out[0, total:] = 0
+    out[1, total:] = _PAD_TILE
+    return out
+
+
+def max_chunk_tiles(num_tokens: int, group: int, dtype: torch.dtype, head_dim: int) -> int:
+    """The most pairs ``chunk_tiles`` lists for a step of ``num_tokens`` query tokens: each of
+    its rows longer than a decode tile adds at most one partial tile."""
+    small, tokens = _chunk_shape(group, dtype, head_dim)
+    return -(-num_tokens // tokens) + num_tokens // (small + 1)
+
+
 def paged_attention_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -307,12 +369,15 @@ def paged_attention_triton(
     scale: float,
     max_query_len: int,
     out: torch.Tensor | None = None,
+    tiles: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`paged_attention` as one Triton kernel launch; CPU tensors run in Triton's interpreter.
+    """`paged_attention` as Triton kernel launches; CPU tensors run in Triton's interpreter.
 
     Every query length must be at most ``max_query_len`` and at most its context length (not
     checked: that would sync the host). Needs D a power of two >= 16 and the last dimension of
     q, out and the caches contiguous. Rows of ``out`` outside ``cu_query_lens`` are not written.
+    ``tiles``: the step's ``chunk_tiles`` map on the device, which then decides the programs of
+    the rows longer than a decode tile.
     """
     if not HAS_TRITON:
         raise RuntimeError("paged_attention_triton requires triton (pip install triton)")
@@ -340,6 +405,12 @@ def paged_attention_triton(
     launches = [(0, max_query_len)]
     if max_query_len > small:
         launches = [(0, small), (small + 1, max_query_len)]
+    mapped = tiles is not None and max_query_len > small
+    if tiles is not None:
+        if tiles.dim() != 2 or tiles.shape[0] != 2 or tiles.dtype != torch.int64:
+            raise ValueError(f"tiles must be [2, M] int64, got {tiles.dtype} {tuple(tiles.shape)}")
+        if tiles.device != q.device or tiles.stride(1) != 1:
+            raise ValueError(f"tiles must be on {q.device}, contiguous in its last dimension")
     args = (
         q,
         k_cache,
@@ -359,11 +430,20 @@ def paged_attention_triton(
     )
     with on_device(q.device):
         for q_min, q_max in launches:
-            rows, tokens, keys = _tiles(group, q_max, q.dtype, head_dim)
-            kernel[(triton.cdiv(q_max, tokens), n_kv, batch)](
+            chunks = mapped and q_min > 0
+            rows, tokens, keys = _tiles(group, 1 << 20 if chunks else q_max, q.dtype, head_dim)
+            grid = (triton.cdiv(q_max, tokens), n_kv, batch)
+            if chunks and tiles is not None:
+                if tiles.shape[1] == 0:
+                    continue
+                grid = (tiles.shape[1], n_kv, 1)
+            kernel[grid](
                 *args,
                 q_min,
                 q_max,
+                tiles if chunks else cu_query_lens,
+                tiles.stride(0) if chunks and tiles is not None else 0,
+                MAPPED=chunks,
                 GROUP=group,
                 HEAD_DIM=head_dim,
                 PAGE=k_cache.shape[1],
@@ -389,6 +469,7 @@ def paged_attention(
     out: torch.Tensor | None = None,
     *,
     backend: Literal["auto", "triton", "torch"] = "auto",
+    tiles: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal GQA of the step's query tokens ``q [T, Hq, D]`` over the paged cache -> [T, Hq, D].
 
@@ -398,10 +479,13 @@ def paged_attention(
     Sequences with query length 0 (padding rows) are skipped without reading their block table.
     ``backend`` "auto" takes the Triton kernel for CUDA tensors when triton is installed and the
     torch reference otherwise; "triton" on CPU tensors runs the kernel in Triton's interpreter.
+    ``tiles``: the step's ``chunk_tiles`` on q's device, for the kernel (the reference needs
+    none).
     """
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     use_triton = backend == "triton" or (backend == "auto" and HAS_TRITON and q.is_cuda)
-    run = paged_attention_triton if use_triton else paged_attention_reference
     args = (cu_query_lens, context_lens, block_tables, scale, max_query_len, out)
-    return run(q, k_cache, v_cache, *args)
+    if use_triton:
+        return paged_attention_triton(q, k_cache, v_cache, *args, tiles)
+    return paged_attention_reference(q, k_cache, v_cache, *args)

@@ -10,11 +10,12 @@ and for step N's tokens (update, hand-out) all run while the device computes, so
 for them. A row of a sequence that stopped on eos in the step before runs for nothing. With
 speculative decoding the drafts depend on the last tokens, so each step waits for them first.
 
-A step that carries prompt tokens runs eagerly, and queueing its layers takes the host longer
-than the device needs for the decode step before it (on an H100, about 13 ms against 11 ms for
-Qwen3-0.6B at 256 sequences). Between those layers the engine checks whether the step before
-has finished and hands its tokens out at once, rather than after the whole step is queued: the
-gap a stream sees between two tokens follows the device, not the host's queueing.
+A step that runs eagerly (one carrying more prompt tokens than ``prompt_graph_tokens``, or any
+without CUDA graphs) takes the host longer to queue than the device needs for the decode step
+before it (on an H100, about 13 ms against 11 ms for Qwen3-0.6B at 256 sequences). Between its
+layers the engine checks whether the step before has finished and hands its tokens out at once,
+rather than after the whole step is queued: the gap a stream sees between two tokens follows
+the device, not the host's queueing.
 """
 
 from __future__ import annotations
@@ -118,11 +119,16 @@ class GenerateEngine:
         decoder: Decoder | None = None,
         speculative: Proposer | None = None,
         schedule_ahead: bool = True,
+        prompt_graph_tokens: int = 2048,
     ) -> None:
         """``decoder``: a model already built and loaded (``model`` then only names the folder
         of its tokenizer); its device and dtype override ``device`` and ``dtype``.
         ``schedule_ahead``: launch each step before the last one's tokens are in (off with
-        ``speculative``)."""
+        ``speculative``). ``prompt_graph_tokens``: with ``cuda_graphs``, steps that carry
+        prompt tokens replay CUDA graphs too, up to this many tokens (at most
+        ``max_num_batched_tokens``; 0: they run eagerly)."""
+        if prompt_graph_tokens < 0:
+            raise ValueError(f"prompt_graph_tokens must be >= 0, got {prompt_graph_tokens}")
         self.model_folder = Path(model)
         self.model_name = name or self.model_folder.name
         self.config = read_config(self.model_folder) if decoder is None else decoder.cfg
@@ -158,6 +164,7 @@ class GenerateEngine:
             self.max_model_len,
             cuda_graphs,
             speculative.num_tokens if speculative is not None else 0,
+            min(prompt_graph_tokens, max_num_batched_tokens),
         )
         self._ids = itertools.count()
         self._speculation = Speculation(speculative) if speculative is not None else None

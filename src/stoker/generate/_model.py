@@ -40,6 +40,7 @@ class StepBatch:
     block_tables: Tensor  # (B, W) int32
     logits_indices: Tensor  # (N,) int64: the rows whose last token samples
     max_query_len: int
+    tiles: Tensor | None = None  # (2, M) int64: the attention's chunk_tiles map, if any
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -205,6 +206,7 @@ class Decoder(nn.Module):
             step.block_tables,
             self.scale,
             step.max_query_len,
+            tiles=step.tiles,
         )
         return o.reshape(q.shape[0], -1)
 

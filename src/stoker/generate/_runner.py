@@ -1,17 +1,18 @@
 """Runs scheduler steps on the model: the step's arrays to the device, the forward pass, sampling.
 
-Steps that only decode run as CUDA graph replays, one graph per batch-size bucket, padded to the
-bucket: padding rows decode a dummy token into a scratch block that no sequence owns, so they
-never touch live KV. With speculative decoding, steps whose every row decodes with up to k drafts
-replay graphs too: each row is k + 1 query tokens wide, its own tokens at the end and padding
-tokens in front. A padding token sits at a position the row already has KV for and writes its
-KV to the scratch block, so the row's own tokens see exactly the keys they would see unpadded.
-Those graphs stop at the final hidden states; the head runs on the rows verification needs.
-Every other step (prefill chunks, mixed steps) runs eagerly. A step's integer arrays travel to
-the device in one copy from a pinned staging buffer, two of them in turn: a step scheduled ahead
-is uploaded while the one before may still be copying. A step scheduled ahead of the last one's
-tokens (see csrc/core/scheduler.hpp) gets those tokens on the device, from that step's sampling
-output, so the host never waits for them before launching it.
+On a GPU, steps replay CUDA graphs (``_graphs``) where one fits: decode-only steps padded to a
+batch-size bucket; with speculative decoding, steps whose every row decodes with up to k drafts,
+each row k + 1 query tokens wide, its own tokens at the end and padding tokens in front (a
+padding token sits at a position the row already has KV for and writes its KV to the scratch
+block, so the row's own tokens see exactly the keys they would see unpadded; those graphs stop
+at the final hidden states and the head runs on the rows verification needs); and steps that
+carry prompt tokens, up to ``prompt_graph_tokens`` tokens, padded to a token bucket. Queueing
+such a step's layers one kernel at a time takes the host longer than the device needs to run
+them. Larger steps run eagerly. A step's integer arrays travel to the device in one copy from a
+pinned staging buffer, two of them in turn: a step scheduled ahead is uploaded while the one
+before may still be copying. A step scheduled ahead of the last one's tokens (see
+csrc/core/scheduler.hpp) gets those tokens on the device, from that step's sampling output, so
+the host never waits for them before launching it.
 """
 
 from __future__ import annotations
@@ -26,24 +27,14 @@ import torch
 from torch import Tensor
 
 from stoker._native import SchedulerStep
+from stoker.generate._attention import chunk_tiles, max_chunk_tiles
+from stoker.generate._graphs import StepGraphs, graph_buckets, prompt_buckets
 from stoker.generate._model import Decoder, KVCache, StepBatch
 from stoker.generate._sampling import sample, sample_verifying
 from stoker.generate._speculative import step_drafts
 from stoker.generate._types import SamplingOptions
 
-__all__ = ["ModelRunner", "Sampled", "graph_buckets"]
-
-
-def graph_buckets(max_num_seqs: int) -> list[int]:
-    """Decode batch sizes that get a graph: 1, 2, 4, 8, then every 16 up to max_num_seqs."""
-    sizes = [b for b in (1, 2, 4, 8) if b < max_num_seqs]
-    sizes += list(range(16, max_num_seqs, 16))
-    return [*sizes, max_num_seqs]
-
-
-class _Graph:
-    def __init__(self, graph: torch.cuda.CUDAGraph, out: Tensor) -> None:
-        self.graph, self.out = graph, out
+__all__ = ["ModelRunner", "Sampled"]
 
 
 class ModelRunner:
@@ -56,6 +47,7 @@ class ModelRunner:
         max_model_len: int,
         cuda_graphs: bool = True,
         draft_tokens: int = 0,
+        prompt_graph_tokens: int = 0,
     ) -> None:
         self.model, self.block_size = model, block_size
         self.device = model.device
@@ -68,19 +60,30 @@ class ModelRunner:
         self._staging = [torch.empty(1 << 16, dtype=torch.int64, pin_memory=pin) for _ in "ab"]
         self._copied: list[torch.cuda.Event | None] = [None, None]
         self._turn = 0
-        self.graphs: dict[int, _Graph] = {}
-        self.buckets: list[int] = []
+        cfg = model.cfg
+        self._heads = (cfg.num_heads // cfg.num_kv_heads, model.dtype, cfg.head_dim)
         # Rows of k + 1 tokens for steps verifying up to k drafts; padding tokens sit at the
         # scratch block's first positions in padding rows, so a row must fit one block.
         self.verify_width = draft_tokens + 1 if 0 < draft_tokens < block_size else 0
-        self.verify_graphs: dict[int, _Graph] = {}
         self.verify_replays = 0
+        self.prompt_replays = 0
         # When a list, each step appends (start, logits done, end, rows, decode_only), the first
         # three CUDA events: the gaps between one step's end and the next one's start are the
         # GPU's idle time.
         self.timeline: list[tuple[Any, Any, Any, int, bool]] | None = None
+        self.graphs: StepGraphs | None = None
         if cuda_graphs and self.device.type == "cuda":
-            self._capture(graph_buckets(max_num_seqs))
+            self.graphs = StepGraphs(
+                model,
+                self.cache,
+                self.scratch,
+                self.width,
+                graph_buckets(max_num_seqs),
+                self.verify_width,
+                prompt_buckets(prompt_graph_tokens),
+            )
+        self.buckets = sorted(self.graphs.decode) if self.graphs else []
+        self.prompt_buckets = sorted(self.graphs.prompt) if self.graphs else []
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -126,7 +129,7 @@ class ModelRunner:
         cu = np.zeros(len(query_lens) + 1, dtype=np.int64)
         np.cumsum(query_lens, out=cu[1:])
         index = cu[rows + 1] - 1 if verify is None else _verified_tokens(cu[rows + 1], verify)
-        ids, pos, slots, cu_t, ctx, tables, logits_rows, *fill = self._upload(
+        ids, pos, slots, cu_t, ctx, tables, logits_rows, tiles, *fill = self._upload(
             [
                 step.input_ids.astype(np.int64),
                 step.positions,
@@ -135,6 +138,7 @@ class ModelRunner:
                 step.context_lens.astype(np.int64),
                 step.block_tables.astype(np.int64),
                 index,
+                chunk_tiles(query_lens, *self._heads),
                 *_pending_arrays(step, previous),
             ]
         )
@@ -148,6 +152,7 @@ class ModelRunner:
             tables.int(),
             logits_rows,
             int(query_lens.max(initial=0)),
+            tiles,
         )
 
     def _decode_arrays(self, step: SchedulerStep, bucket: int) -> list[npt.NDArray[np.int64]]:
@@ -162,6 +167,29 @@ class ModelRunner:
         ctx = np.ones(bucket, dtype=np.int64)
         ctx[:n] = step.context_lens
         return [ids, pos, slots, ctx, self._padded_tables(step, bucket)]
+
+    def prompt_arrays(
+        self, step: SchedulerStep, rows: npt.NDArray[np.int64], bucket: int
+    ) -> list[npt.NDArray[np.int64]]:
+        """A step with prompt tokens padded to ``bucket`` tokens and ``max_num_seqs`` rows, in the
+        order of a prompt graph's static inputs: ids, positions, slots, context lens, tables,
+        query starts, the sampled ``rows``' last tokens, the attention's tile map."""
+        n, t, top = len(step.query_lens), len(step.input_ids), self.max_num_seqs
+        ids = np.zeros(bucket, dtype=np.int64)
+        ids[:t] = step.input_ids
+        pos = np.zeros(bucket, dtype=np.int64)
+        pos[:t] = step.positions
+        slots = np.full(bucket, self.scratch * self.block_size, dtype=np.int64)
+        slots[:t] = step.slot_mapping
+        ctx = np.ones(top, dtype=np.int64)
+        ctx[:n] = step.context_lens
+        cu = np.full(top + 1, t, dtype=np.int64)  # padding rows: no query tokens
+        cu[0] = 0
+        np.cumsum(step.query_lens, out=cu[1 : n + 1])
+        last = np.zeros(top, dtype=np.int64)
+        last[: len(rows)] = cu[rows + 1] - 1
+        tiles = chunk_tiles(step.query_lens, *self._heads, max_chunk_tiles(bucket, *self._heads))
+        return [ids, pos, slots, ctx, self._padded_tables(step, top), cu, last, tiles]
 
     def _padded_tables(self, step: SchedulerStep, bucket: int) -> npt.NDArray[np.int64]:
         """The step's block tables at the full width, padding rows on the scratch block."""
@@ -210,58 +238,6 @@ class ModelRunner:
             and int(step.context_lens.min(initial=w)) >= w
         )
 
-    # -- graphs ------------------------------------------------------------------------------
-
-    def _capture(self, buckets: list[int]) -> None:
-        top, w = buckets[-1], max(self.verify_width, 1)
-        d = self.device
-        # Token arrays are wide enough for verifying rows; decode graphs read their first rows.
-        self._static = [
-            torch.zeros(top * w, dtype=torch.int64, device=d),  # ids
-            torch.zeros(top * w, dtype=torch.int64, device=d),  # positions
-            torch.full((top * w,), self.scratch * self.block_size, device=d),  # slots
-            torch.full((top,), w, dtype=torch.int64, device=d),  # context lens
-            torch.full((top, self.width), self.scratch, device=d),  # tables
-        ]
-        # Graphs hold raw pointers, not references: every input they read must outlive them.
-        self._cu = torch.arange(top + 1, dtype=torch.int32, device=d)
-        self._rows = torch.arange(top * w, dtype=torch.int64, device=d)
-        self._cu_verify = self._cu * w
-        pool = torch.cuda.graph_pool_handle()
-        for bucket in sorted(buckets, reverse=True):
-            self.graphs[bucket] = self._graph(bucket, 1, self._cu, pool)
-        if self.verify_width:
-            for bucket in sorted(buckets, reverse=True):
-                self.verify_graphs[bucket] = self._graph(bucket, w, self._cu_verify, pool)
-        self.buckets = sorted(self.graphs)
-        torch.cuda.synchronize()
-
-    def _graph(self, bucket: int, width: int, cu: Tensor, pool: Any) -> _Graph:
-        """A step of ``bucket`` rows of ``width`` query tokens each: logits of every row's last
-        token when ``width`` is 1, else the hidden states of every token."""
-        tokens = bucket * width
-        ids, pos, slots = (s[:tokens] for s in self._static[:3])
-        ctx, tables = (s[:bucket] for s in self._static[3:])
-        rows = self._rows[:bucket] if width == 1 else self._rows[:tokens]
-        batch = StepBatch(ids, pos, slots, cu[: bucket + 1], ctx.int(), tables.int(), rows, width)
-        head = width == 1
-        self.model(batch, self.cache, head)  # compiles kernels and settles the allocator
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            # The casts are inside the graph so that replays read the static int64 inputs.
-            batch.context_lens = ctx.int()
-            batch.block_tables = tables.int()
-            out = self.model(batch, self.cache, head)
-        return _Graph(graph, out)
-
-    def _replay(self, graphs: dict[int, _Graph], bucket: int, values: list[Tensor]) -> Tensor:
-        for static, value in zip(self._static, values, strict=True):
-            static[: value.shape[0]].copy_(value)
-        graph = graphs[bucket]
-        graph.graph.replay()
-        return graph.out
-
     # -- steps -------------------------------------------------------------------------------
 
     def copy_blocks(self, copies: npt.NDArray[np.int32]) -> None:
@@ -288,25 +264,56 @@ class ModelRunner:
         a step scheduled ahead of them. ``poll``: called between the layers of a step that runs
         eagerly, which takes the host far longer to queue than a graph replay."""
         self.copy_blocks(step.copies)
-        n = len(step.query_lens)
-        decode_only = len(step.input_ids) == n and len(rows) == n
-        if decode_only and self.buckets and n <= self.buckets[-1]:
+        n, t = len(step.query_lens), len(step.input_ids)
+        graphs = self.graphs
+        if graphs is not None and t == n and len(rows) == n and n <= self.buckets[-1]:
             bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
-            fill = _pending_arrays(step, previous)
-            uploaded = self._upload([*self._decode_arrays(step, bucket), *fill])
-            values = uploaded[:5]
-            _fill_pending(values[0], uploaded[5:], previous)
-            return self._replay(self.graphs, bucket, values)[:n]
-        if verify is not None and self.verify_graphs and self.verify_fits(step, rows):
+            arrays = self._decode_arrays(step, bucket)
+            return self._replay(graphs, graphs.decode, bucket, step, arrays, previous)[:n]
+        if (
+            graphs is not None
+            and graphs.verify
+            and verify is not None
+            and self.verify_fits(step, rows)
+        ):
             bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
             arrays = self.verify_arrays(step, bucket)
             *values, index = self._upload([*arrays, self.verify_index(step, rows)])
             self.verify_replays += 1
-            return self.model.head(self._replay(self.verify_graphs, bucket, values)[index])
+            return self.model.head(graphs.replay(graphs.verify, bucket, values)[index])
+        prompt = self.prompt_buckets
+        if (
+            graphs is not None
+            and verify is None
+            and prompt
+            and t <= prompt[-1]
+            and n <= self.max_num_seqs
+        ):
+            bucket = prompt[bisect.bisect_left(prompt, t)]
+            arrays = self.prompt_arrays(step, rows, bucket)
+            hidden = self._replay(graphs, graphs.prompt, bucket, step, arrays, previous)
+            self.prompt_replays += 1
+            return self.model.head(hidden[: len(rows)])
         logits: Tensor = self.model(
             self._batch(step, rows, verify, previous), self.cache, True, poll
         )
         return logits
+
+    def _replay(
+        self,
+        graphs: StepGraphs,
+        kind: dict[int, Any],
+        bucket: int,
+        step: SchedulerStep,
+        arrays: list[npt.NDArray[np.int64]],
+        previous: Tensor | None,
+    ) -> Tensor:
+        """Uploads a padded step's arrays, fills its pending tokens and replays its graph."""
+        fill = _pending_arrays(step, previous)
+        uploaded = self._upload([*arrays, *fill])
+        values = uploaded[: len(arrays)]
+        _fill_pending(values[0], uploaded[len(arrays) :], previous)
+        return graphs.replay(kind, bucket, values)
 
     def launch(
         self,

@@ -159,6 +159,7 @@ def _generators(config: ServerConfig) -> dict[str, ServedGenerator]:
                 name=m.name,
                 speculative=(NgramProposer(m.speculative_tokens) if m.speculative_tokens else None),
                 schedule_ahead=m.schedule_ahead,
+                prompt_graph_tokens=m.prompt_graph_tokens,
             )
     except BaseException:
         for engine in engines.values():

@@ -84,6 +84,9 @@ class ModelConfig:
     schedule_ahead: bool = True
     """text-generation: launch each step before the last one's tokens are known (without
     speculative decoding); False waits for them, the baseline of an A/B comparison."""
+    prompt_graph_tokens: int = 2048
+    """text-generation: on a GPU, steps that carry prompt tokens replay CUDA graphs up to this
+    many tokens, as decode steps do; 0: they run eagerly."""
     engine_process: bool = False
     """text-generation: run the engine in a child process of its own, so that its per-step
     Python never waits for the interpreter lock held by the server's per-token work."""
@@ -105,6 +108,8 @@ class ModelConfig:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
         if self.speculative_tokens < 0:
             raise ValueError(f"speculative_tokens must be >= 0, got {self.speculative_tokens}")
+        if self.prompt_graph_tokens < 0:
+            raise ValueError(f"prompt_graph_tokens must be >= 0, got {self.prompt_graph_tokens}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be at least 2, got {self.max_model_len}")
         if self.top_k < 1:
