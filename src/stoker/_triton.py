@@ -38,6 +38,7 @@ __all__ = [
     "interpreted",
     "interpreted_copy",
     "jit",
+    "jit_varying",
     "on_device",
     "tl",
     "triton",
@@ -49,6 +50,17 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def jit(fn: _F) -> _F:
     """A compiled Triton function (the plain function when triton is missing)."""
     return cast(_F, JITFunction(fn)) if HAS_TRITON else fn
+
+
+def jit_varying(*names: str) -> Callable[[_F], _F]:
+    """``jit`` for a kernel whose integer arguments ``names`` change from call to call. Triton
+    compiles a variant per value class of each integer argument (divisible by 16 or not, 1);
+    these are left out, so that a new value never compiles a kernel while a server runs."""
+
+    def wrap(fn: _F) -> _F:
+        return cast(_F, JITFunction(fn, do_not_specialize=list(names))) if HAS_TRITON else fn
+
+    return wrap
 
 
 def interpreted_copy(fn: Any, namespace: dict[str, Any]) -> Any:

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from stoker._triton import HAS_TRITON, interpreted, jit, on_device, tl, triton
+from stoker._triton import HAS_TRITON, interpreted, jit, jit_varying, on_device, tl, triton
 
 __all__ = [
     "HAS_TRITON",
@@ -57,7 +57,7 @@ def _add(a: tl.tensor, b: tl.tensor) -> tl.tensor:
     return a + b
 
 
-@jit
+@jit_varying("q_max", "map_stride")
 def _paged_attention_kernel(
     q_ptr: tl.tensor,
     k_ptr: tl.tensor,
