@@ -26,7 +26,11 @@ from typing import Any
 
 import torch
 
-from stoker.generate._attention import paged_attention_reference, paged_attention_triton
+from stoker.generate._attention import (
+    decode_splits,
+    paged_attention_reference,
+    paged_attention_triton,
+)
 
 
 @dataclass
@@ -121,17 +125,24 @@ def median_seconds(
 
 
 def measure(
-    name: str, backend: str, step: Step, shape: Shape, device: str, warmup: int, reps: int
+    name: str,
+    backend: str,
+    step: Step,
+    shape: Shape,
+    device: str,
+    warmup: int,
+    reps: int,
+    splits: int | None = None,
 ) -> dict[str, Any]:
-    run = paged_attention_triton if backend == "triton" else paged_attention_reference
     out = torch.empty_like(step.q)
-    seconds = median_seconds(
-        lambda: run(*step.args(), step.max_query_len, out),
-        device,
-        warmup,
-        reps,
-        backend == "triton",
-    )
+
+    def run() -> object:
+        if backend == "triton":
+            return paged_attention_triton(*step.args(), step.max_query_len, out, None, splits)
+        return paged_attention_reference(*step.args(), step.max_query_len, out)
+
+    seconds = median_seconds(run, device, warmup, reps, backend == "triton")
+    used = splits or decode_splits(len(step.ctx), shape.n_kv, step.q.device)
     ctx, cu = step.ctx.tolist(), step.cu.tolist()
     elem = torch.empty((), dtype=shape.dtype).element_size()
     kv_bytes = 2 * sum(ctx) * shape.n_kv * shape.head_dim * elem
@@ -147,6 +158,7 @@ def measure(
         "sequences": len(ctx),
         "query_tokens": cu[-1],
         "kv_tokens": sum(ctx),
+        "splits": used if backend == "triton" and name == "decode" else 1,
         "ms": seconds * 1e3,
         "kv_gb_per_s": kv_bytes / seconds / 1e9,
         "tflop_per_s": flops / seconds / 1e12,
@@ -167,6 +179,15 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument(
+        "--batches", help="decode steps of these many sequences, comma-separated [64,256]"
+    )
+    parser.add_argument(
+        "--splits",
+        default="auto",
+        help="key shares of each decode program: auto (decode_splits), or numbers, "
+        "comma-separated, each timed",
+    )
     args = parser.parse_args()
     tiny = args.device == "cpu"
     gen = torch.Generator().manual_seed(args.seed)
@@ -177,6 +198,11 @@ def main() -> None:
     else:
         shape = Shape()
         batches, ctx_range, prefill, ref_batch = [64, 256], (100, 2048), (4, 1024), 16
+    if args.batches:
+        batches = [int(b) for b in args.batches.split(",")]
+    splits: list[int | None] = (
+        [None] if args.splits == "auto" else [int(x) for x in args.splits.split(",")]
+    )
 
     def decode(batch: int) -> Step:
         ctx = torch.randint(ctx_range[0], ctx_range[1] + 1, (batch,), generator=gen).tolist()
@@ -185,9 +211,10 @@ def main() -> None:
     results = []
     for batch in batches:
         step = decode(batch)
-        results.append(
-            measure("decode", "triton", step, shape, args.device, args.warmup, args.reps)
-        )
+        for split in splits:
+            results.append(
+                measure("decode", "triton", step, shape, args.device, args.warmup, args.reps, split)
+            )
     seqs, tokens = prefill
     step = make_step([tokens] * seqs, [tokens] * seqs, shape, args.device, gen)
     results.append(measure("prefill", "triton", step, shape, args.device, args.warmup, args.reps))
@@ -206,11 +233,12 @@ def main() -> None:
         f"block_size={shape.block_size} {str(shape.dtype).removeprefix('torch.')}, "
         f"decode contexts uniform in {list(ctx_range)}"
     )
-    print("| case | backend | seqs | q tokens | kv tokens | ms | KV GB/s | TFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | backend | seqs | key shares | q tokens | kv tokens | ms | KV GB/s | TFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['case']} | {r['backend']} | {r['sequences']} | {r['query_tokens']} "
+            f"| {r['case']} | {r['backend']} | {r['sequences']} | {r['splits']} | "
+            f"{r['query_tokens']} "
             f"| {r['kv_tokens']} | {r['ms']:.3f} | {r['kv_gb_per_s']:.0f} "
             f"| {r['tflop_per_s']:.2f} |"
         )

@@ -85,12 +85,16 @@ def _workload(n: int, lo: int, hi: int, vocab: int, seed: int) -> list[tuple[lis
     return [(torch.randint(0, vocab, (p,), generator=g).tolist(), o) for p, o in lens]
 
 
-def _idle(engine: GenerateEngine) -> dict[str, float]:
+_ROW_BANDS = (1, 16, 32, 64, 128, 192)
+
+
+def _idle(engine: GenerateEngine) -> dict[str, Any]:
     """GPU idle time between consecutive decode steps, as a share of their busy time; the GPU
     time of steps with prompt tokens beside."""
     timeline = engine.runner.timeline or []
     torch.cuda.synchronize()
     gaps, busy, sampling, big, mixed = [], [], [], [], []
+    by_rows: dict[int, list[float]] = {b: [] for b in _ROW_BANDS}
     for (_, _, end, _, _), (start, mid, end2, rows, decode) in itertools.pairwise(timeline):
         if not decode:
             mixed.append(start.elapsed_time(end2))
@@ -100,6 +104,7 @@ def _idle(engine: GenerateEngine) -> dict[str, float]:
             sampling.append(mid.elapsed_time(end2))
             if rows >= 192:
                 big.append(start.elapsed_time(end2))
+            by_rows[max(b for b in _ROW_BANDS if b <= rows)].append(busy[-1])
     if not busy:
         return {}
     return {
@@ -112,6 +117,8 @@ def _idle(engine: GenerateEngine) -> dict[str, float]:
         "idle_share": sum(gaps) / sum(busy),
         "prompt_steps": len(mixed),
         "prompt_step_ms_median": statistics.median(mixed) if mixed else 0.0,
+        # Decode steps by how many rows they ran: (steps, their total ms) from each band's floor.
+        "decode_ms_by_rows": {b: (len(t), sum(t)) for b, t in by_rows.items() if t},
     }
 
 
@@ -265,6 +272,11 @@ def main() -> None:
         default=2048,
         help="steps with prompt tokens replay CUDA graphs up to this many tokens (0: eager)",
     )
+    p.add_argument(
+        "--no-split-kv",
+        action="store_true",
+        help="one attention program per decode row and kv head, however few (the A/B baseline)",
+    )
     p.add_argument("--hf-batch", type=int, default=64)
     p.add_argument("--hf-batches", type=int, default=0, help="run only this many (0: all)")
     p.add_argument("--no-hf", action="store_true")
@@ -284,6 +296,7 @@ def main() -> None:
         hf = model_class(_hf_config(shape, args.max_len)).to(dtype).eval()
     decoder = Decoder(_decoder_config(shape, args.max_len), dtype, args.device)
     decoder.load(hf.state_dict().items())
+    decoder.split_kv = not args.no_split_kv
     work = _workload(args.requests, args.min_len, args.max_len_draw, shape["vocab_size"], args.seed)
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
     print(f"device {gpu}; shape {args.shape}; {args.requests} requests; torch {torch.__version__}")
@@ -315,6 +328,10 @@ def main() -> None:
             f"        {s['prompt_steps']} steps with prompt tokens, median "
             f"{s['prompt_step_ms_median']:.2f} ms, {s['prompt_replays']} of them graph replays"
         )
+        bands = ", ".join(
+            f"{b}+: {n} in {ms / 1e3:.2f} s" for b, (n, ms) in s["decode_ms_by_rows"].items()
+        )
+        print(f"        decode steps by rows: {bands}")
     if "prefix" in s:
         x = s["prefix"]
         print(

@@ -24,6 +24,7 @@ from stoker.generate import _attention
 from stoker.generate._attention import (
     HAS_TRITON,
     chunk_tiles,
+    decode_splits,
     max_chunk_tiles,
     paged_attention,
     paged_attention_reference,
@@ -290,6 +291,54 @@ def test_triton_int64_metadata_and_empty_step() -> None:
     assert_close(attend(step.to(DEVICE), 0.5, "triton"), want, torch.float32)
     empty = make_step([0, 0], [0, 0]).to(DEVICE)
     assert attend(empty, 0.5, "triton").shape == (0, 4, 32)
+
+
+@needs_triton
+@pytest.mark.parametrize("splits", [2, 3, 7])
+def test_triton_split_keys_match_the_reference(splits: int) -> None:
+    # Decode rows with contexts from 1 key to several key steps (shares empty, partial and
+    # full), and rows of up to a decode tile's tokens, which the split launch covers too.
+    q_lens = [1, 1, 1, 1, 4, 8, 0, 1]
+    ctx = [1, 5, 33, 130, 40, 8, 0, 77]
+    step = make_step(q_lens, ctx, n_q=4, n_kv=2, head_dim=32, seed=13)
+    want = attend(step, 0.3, "torch")
+    assert_close(want, dense(step, 0.3), torch.float32)
+    dev = step.to(DEVICE)
+    args = (dev.q, dev.k_cache, dev.v_cache, dev.cu, dev.ctx, dev.tables, 0.3)
+    got = paged_attention(*args, dev.max_query_len, backend="triton", splits=splits)
+    assert_close(got, want, torch.float32)
+
+
+@needs_triton
+@pytest.mark.parametrize("with_map", [False, True])
+def test_triton_split_decode_rows_beside_prompt_chunks(with_map: bool) -> None:
+    # Only the decode tiles' launch splits; the chunks' launch (mapped or not) writes as before.
+    step = make_step(MIXED_Q, MIXED_CTX, n_q=4, n_kv=2, seed=14)
+    want = attend(step, 0.3, "torch")
+    dev = step.to(DEVICE)
+    args = (dev.q, dev.k_cache, dev.v_cache, dev.cu, dev.ctx, dev.tables, 0.3)
+    tiles = None
+    if with_map:
+        q_lens = np.diff(step.cu.numpy())
+        tiles = torch.from_numpy(chunk_tiles(q_lens, 2, torch.float32, 32, 12)).to(DEVICE)
+    got = paged_attention(*args, dev.max_query_len, backend="triton", tiles=tiles, splits=4)
+    assert_close(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_splits_must_be_a_positive_int(bad: object) -> None:
+    step = make_step([1], [3])
+    args = (step.q, step.k_cache, step.v_cache, step.cu, step.ctx, step.tables, 1.0)
+    with pytest.raises(ValueError, match="splits"):
+        paged_attention_triton(*args, 1, None, None, bad)  # type: ignore[arg-type]
+
+
+def test_decode_splits_fill_the_gpu_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert decode_splits(4, 8, torch.device("cpu")) == 1
+    monkeypatch.setattr(_attention, "_multiprocessors", lambda device: 132)
+    cuda = torch.device("cuda")
+    # 8 programs per multiprocessor: 1,056 programs for 132 of them.
+    assert [decode_splits(b, 8, cuda) for b in (256, 128, 64, 16, 8, 1)] == [1, 1, 2, 8, 16, 16]
 
 
 def mapped(step: Step, scale: float, size: int | None = None) -> torch.Tensor:

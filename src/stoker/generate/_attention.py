@@ -23,7 +23,7 @@ a fixed length, the same map lets a CUDA graph serve any step of up to that many
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,7 @@ from stoker._triton import HAS_TRITON, interpreted, jit, jit_varying, on_device,
 __all__ = [
     "HAS_TRITON",
     "chunk_tiles",
+    "decode_splits",
     "paged_attention",
     "paged_attention_reference",
     "paged_attention_triton",
@@ -82,7 +83,11 @@ def _paged_attention_kernel(
     q_max: tl.tensor,
     map_ptr: tl.tensor,
     map_stride: tl.tensor,
+    part_ptr: tl.tensor,
+    ml_ptr: tl.tensor,
+    part_stride: tl.tensor,
     MAPPED: tl.constexpr,
+    SPLIT: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     PAGE: tl.constexpr,
@@ -95,11 +100,17 @@ def _paged_attention_kernel(
     """One (query tile, kv head, sequence): rows are TOKENS query tokens x GROUP q heads. Only
     sequences of q_min to q_max query tokens: the others are another launch's. MAPPED: the
     first program index picks a (sequence, tile) pair of the map; padding pairs name a tile past
-    any sequence's queries."""
+    any sequence's queries. SPLIT: one tile per sequence, and the first program index is a
+    share of its keys, whose unnormalized result goes to the partials for _combine_kernel."""
     kv_head = tl.program_id(1)
+    split = 0
     if MAPPED:
         seq = tl.load(map_ptr + tl.program_id(0))
         tile = tl.load(map_ptr + map_stride + tl.program_id(0))
+    elif SPLIT:
+        tile = 0
+        split = tl.program_id(0)
+        seq = tl.program_id(2)
     else:
         tile = tl.program_id(0)
         seq = tl.program_id(2)
@@ -127,7 +138,13 @@ def _paged_attention_kernel(
     l_i = tl.full([ROWS], 0.0, tl.float32)
     acc = tl.full([ROWS, HEAD_DIM], 0.0, tl.float32)
     key = tl.arange(0, KEYS)
-    for start in range(0, kv_end, KEYS):
+    kv_start = 0
+    if SPLIT:  # whole key steps per share; the last shares may be empty
+        splits = tl.num_programs(0)
+        share = ((kv_end + splits - 1) // splits + KEYS - 1) // KEYS * KEYS
+        kv_start = split * share
+        kv_end = tl.minimum(kv_start + share, kv_end)
+    for start in range(kv_start, kv_end, KEYS):
         n = start + key
         n_ok = n < kv_end
         block = tl.load(table_ptr + seq * st_b + n // PAGE, mask=n_ok, other=0).to(tl.int64)
@@ -151,21 +168,86 @@ def _paged_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
-    result = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    if SPLIT:
+        at = split * part_stride + (seq * TOKENS + token) * (tl.num_programs(1) * GROUP) + head
+        tl.store(ml_ptr + at, m_i, mask=row_ok)
+        tl.store(ml_ptr + tl.num_programs(0) * part_stride + at, l_i, mask=row_ok)
+        tl.store(part_ptr + at[:, None] * HEAD_DIM + dim[None, :], acc, mask=row_ok[:, None])
+    else:
+        result = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        o_offs = (q_start + token)[:, None] * so_t + head[:, None] * so_h + dim[None, :]
+        tl.store(out_ptr + o_offs, result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@jit
+def _combine_kernel(
+    part_ptr: tl.tensor,
+    ml_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    cu_ptr: tl.tensor,
+    so_t: tl.tensor,
+    so_h: tl.tensor,
+    part_stride: tl.tensor,
+    splits: tl.tensor,
+    q_max: tl.tensor,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    ROWS: tl.constexpr,
+    TOKENS: tl.constexpr,
+) -> None:
+    """One (kv head, sequence) of a split launch: merges its shares' partial results, each
+    relative to its own running maximum, into the output. Partials are laid out (share,
+    sequence, token of the tile, q head); part_stride is one share's size."""
+    kv_head = tl.program_id(0)
+    seq = tl.program_id(1)
+    q_start = tl.load(cu_ptr + seq)
+    q_len = tl.load(cu_ptr + seq + 1) - q_start
+    if (q_len == 0) | (q_len > q_max):
+        return
+    row = tl.arange(0, ROWS)
+    token = row // GROUP
+    head = kv_head * GROUP + row % GROUP
+    row_ok = (row < TOKENS * GROUP) & (token < q_len)
+    at = (seq * TOKENS + token) * (tl.num_programs(0) * GROUP) + head
+    dim = tl.arange(0, HEAD_DIM)
+    m = tl.full([ROWS], float("-inf"), tl.float32)
+    for s in range(0, splits):
+        m = tl.maximum(m, tl.load(ml_ptr + s * part_stride + at, mask=row_ok, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    l_sum = tl.full([ROWS], 0.0, tl.float32)
+    acc = tl.full([ROWS, HEAD_DIM], 0.0, tl.float32)
+    for s in range(0, splits):
+        m_s = tl.load(ml_ptr + s * part_stride + at, mask=row_ok, other=float("-inf"))
+        weight = tl.exp2(m_s - m_safe)
+        l_s = tl.load(ml_ptr + (splits + s) * part_stride + at, mask=row_ok, other=0.0)
+        l_sum += weight * l_s
+        part = tl.load(
+            part_ptr + (s * part_stride + at)[:, None] * HEAD_DIM + dim[None, :],
+            mask=row_ok[:, None],
+            other=0.0,
+        )
+        acc += weight[:, None] * part
+    result = acc / tl.where(l_sum == 0.0, 1.0, l_sum)[:, None]
     o_offs = (q_start + token)[:, None] * so_t + head[:, None] * so_h + dim[None, :]
     tl.store(out_ptr + o_offs, result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
+_COMPILED: dict[str, Any] = {
+    "_paged_attention_kernel": _paged_attention_kernel,
+    "_combine_kernel": _combine_kernel,
+}
+
+
 @functools.cache
-def _interpreted() -> Any:
-    """An interpreted copy of the kernel, for CPU tensors (tests without a GPU)."""
-    ns = interpreted(globals(), ("_maximum", "_add", "_paged_attention_kernel"))
+def _interpreted() -> dict[str, Any]:
+    """Interpreted copies of the kernels, for CPU tensors (tests without a GPU)."""
+    ns = interpreted(globals(), ("_maximum", "_add", "_paged_attention_kernel", "_combine_kernel"))
     # triton's own max and sum combiners, where this triton has them, let the interpreter reduce
     # with numpy instead of element by element.
     standard = getattr(tl, "standard", None)
     for name, fast in (("_maximum", "_elementwise_max"), ("_add", "_sum_combine")):
         ns[name] = getattr(standard, fast, ns[name])
-    return ns["_paged_attention_kernel"]
+    return ns
 
 
 def _check(
@@ -359,6 +441,26 @@ def max_chunk_tiles(num_tokens: int, group: int, dtype: torch.dtype, head_dim: i
     return -(-num_tokens // tokens) + num_tokens // (small + 1)
 
 
+# Decode steps of few sequences leave most of the GPU idle with one program per sequence and kv
+# head; below this many programs per multiprocessor their keys are split between programs.
+_PROGRAMS_PER_SM = 8
+_MAX_SPLITS = 16
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def decode_splits(batch: int, n_kv: int, device: torch.device) -> int:
+    """How many shares of their keys the programs of ``batch`` decode rows take on ``device``:
+    enough for about ``_PROGRAMS_PER_SM`` programs per multiprocessor, 1 off CUDA."""
+    if device.type != "cuda":
+        return 1
+    wanted = _PROGRAMS_PER_SM * _multiprocessors(device) // max(1, batch * n_kv)
+    return max(1, min(_MAX_SPLITS, wanted))
+
+
 def paged_attention_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -370,6 +472,7 @@ def paged_attention_triton(
     max_query_len: int,
     out: torch.Tensor | None = None,
     tiles: torch.Tensor | None = None,
+    splits: int | None = None,
 ) -> torch.Tensor:
     """`paged_attention` as Triton kernel launches; CPU tensors run in Triton's interpreter.
 
@@ -377,7 +480,8 @@ def paged_attention_triton(
     checked: that would sync the host). Needs D a power of two >= 16 and the last dimension of
     q, out and the caches contiguous. Rows of ``out`` outside ``cu_query_lens`` are not written.
     ``tiles``: the step's ``chunk_tiles`` map on the device, which then decides the programs of
-    the rows longer than a decode tile.
+    the rows longer than a decode tile. ``splits``: shares of the keys that the decode tiles'
+    programs divide between them (``decode_splits`` when None), merged by a second kernel.
     """
     if not HAS_TRITON:
         raise RuntimeError("paged_attention_triton requires triton (pip install triton)")
@@ -396,7 +500,7 @@ def paged_attention_triton(
         return out
     interpreted = q.device.type == "cpu"
     group = q.shape[1] // n_kv
-    kernel = _interpreted() if interpreted else cast(Any, _paged_attention_kernel)
+    kernels = _interpreted() if interpreted else _COMPILED
     # A step that mixes decode rows with prompt chunks runs in two launches: the decode rows on
     # the small tiles a decode step uses, the chunks on wide ones. One launch on wide tiles would
     # spend a wide tile's registers (fewer programs per SM) on every one-token row, and a step
@@ -411,6 +515,10 @@ def paged_attention_triton(
             raise ValueError(f"tiles must be [2, M] int64, got {tiles.dtype} {tuple(tiles.shape)}")
         if tiles.device != q.device or tiles.stride(1) != 1:
             raise ValueError(f"tiles must be on {q.device}, contiguous in its last dimension")
+    if splits is None:
+        splits = decode_splits(batch, n_kv, q.device)
+    if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+        raise ValueError(f"splits must be a positive int, got {splits!r}")
     args = (
         q,
         k_cache,
@@ -433,17 +541,28 @@ def paged_attention_triton(
             chunks = mapped and q_min > 0
             rows, tokens, keys = _tiles(group, 1 << 20 if chunks else q_max, q.dtype, head_dim)
             grid = (triton.cdiv(q_max, tokens), n_kv, batch)
+            split = splits > 1 and q_min == 0  # the decode rows' launch: one tile a sequence
+            part = ml = cu_query_lens  # stand-ins where the launch writes no partials
+            stride = batch * tokens * q.shape[1]
+            if split:
+                grid = (splits, n_kv, batch)
+                part = torch.empty(splits * stride * head_dim, dtype=torch.float32, device=q.device)
+                ml = torch.empty(2 * splits * stride, dtype=torch.float32, device=q.device)
             if chunks and tiles is not None:
                 if tiles.shape[1] == 0:
                     continue
                 grid = (tiles.shape[1], n_kv, 1)
-            kernel[grid](
+            kernels["_paged_attention_kernel"][grid](
                 *args,
                 q_min,
                 q_max,
                 tiles if chunks else cu_query_lens,
                 tiles.stride(0) if chunks and tiles is not None else 0,
+                part,
+                ml,
+                stride,
                 MAPPED=chunks,
+                SPLIT=split,
                 GROUP=group,
                 HEAD_DIM=head_dim,
                 PAGE=k_cache.shape[1],
@@ -454,6 +573,23 @@ def paged_attention_triton(
                 UPCAST=interpreted and q.dtype == torch.bfloat16,
                 num_warps=4,
             )
+            if split:
+                kernels["_combine_kernel"][(n_kv, batch)](
+                    part,
+                    ml,
+                    out,
+                    cu_query_lens,
+                    out.stride(0),
+                    out.stride(1),
+                    stride,
+                    splits,
+                    q_max,
+                    GROUP=group,
+                    HEAD_DIM=head_dim,
+                    ROWS=rows,
+                    TOKENS=tokens,
+                    num_warps=4,
+                )
     return out
 
 
@@ -470,6 +606,7 @@ def paged_attention(
     *,
     backend: Literal["auto", "triton", "torch"] = "auto",
     tiles: torch.Tensor | None = None,
+    splits: int | None = None,
 ) -> torch.Tensor:
     """Causal GQA of the step's query tokens ``q [T, Hq, D]`` over the paged cache -> [T, Hq, D].
 
@@ -479,13 +616,13 @@ def paged_attention(
     Sequences with query length 0 (padding rows) are skipped without reading their block table.
     ``backend`` "auto" takes the Triton kernel for CUDA tensors when triton is installed and the
     torch reference otherwise; "triton" on CPU tensors runs the kernel in Triton's interpreter.
-    ``tiles``: the step's ``chunk_tiles`` on q's device, for the kernel (the reference needs
-    none).
+    ``tiles``: the step's ``chunk_tiles`` on q's device, and ``splits``, the shares of the keys
+    of each decode row's programs, for the kernel (the reference needs neither).
     """
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     use_triton = backend == "triton" or (backend == "auto" and HAS_TRITON and q.is_cuda)
     args = (cu_query_lens, context_lens, block_tables, scale, max_query_len, out)
     if use_triton:
-        return paged_attention_triton(q, k_cache, v_cache, *args, tiles)
+        return paged_attention_triton(q, k_cache, v_cache, *args, tiles, splits)
     return paged_attention_reference(q, k_cache, v_cache, *args)

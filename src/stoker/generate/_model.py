@@ -97,6 +97,9 @@ class Decoder(nn.Module):
         if fused is None:
             fused = HAS_TRITON and dev.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
         self.fused = fused
+        # Decode rows' keys shared between several programs when the step has few rows
+        # (``decode_splits``); False keeps one program per row and kv head, a benchmark's baseline.
+        self.split_kv = True
         self.cfg, self.dtype, self.device = cfg, dtype, dev
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, device=dev)
         self.embed.weight.requires_grad_(False)
@@ -207,6 +210,7 @@ class Decoder(nn.Module):
             self.scale,
             step.max_query_len,
             tiles=step.tiles,
+            splits=None if self.split_kv else 1,
         )
         return o.reshape(q.shape[0], -1)
 
