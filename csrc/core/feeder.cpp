@@ -87,9 +87,16 @@ void Feeder::release(int slot) {
 }
 
 bool Feeder::next(PreparedBatch& out) {
+  // Declared before the lock, so that a pool this feeder held last is joined after unlocking.
+  std::shared_ptr<ThreadPool> retired;
   std::unique_lock<std::mutex> lock(mutex_);
   ready_cv_.wait(lock, [this] { return !ready_.empty() || (dispatcher_done_ && in_flight_ == 0); });
-  if (ready_.empty()) return false;
+  if (ready_.empty()) {
+    // Nothing will run on the pool again. A pool the process has since replaced (a new size)
+    // ends its threads here rather than when the feeder is destroyed.
+    retired = std::move(pool_);
+    return false;
+  }
   out = std::move(ready_.front());
   ready_.pop_front();
   // Only a slot held by the consumer may be released: one back in the ring (and perhaps taken

@@ -59,7 +59,8 @@ class Feeder {
   // apart from next() so that expirations are answered while the consumer is busy.
   bool next_expired(std::vector<Request>& out);
   void release(int slot);
-  // Stops admissions; requests already queued are still prepared and handed out.
+  // Stops admissions; requests already queued are still prepared and handed out. Once next()
+  // has said there is nothing more, the feeder no longer holds its thread pool.
   void close();
   // The fraction (0..1) of GPU-friendly JPEGs to leave for the GPU decoder.
   void set_gpu_share(double share);

@@ -118,6 +118,30 @@ TEST(Feeder, PreparesEveryRequestOnceAndReportsFailuresPerRow) {
   EXPECT_EQ(failed, 1u);
 }
 
+TEST(Feeder, LetsGoOfItsPoolOnceDrained) {
+  auto pool = std::make_shared<ThreadPool>(2);
+  const std::weak_ptr<ThreadPool> watch = pool;
+  HostArena arena;
+  const test::Bytes jpeg = test::encode_jpeg(test::make_rgb(32, 24, 2), {});
+  Feeder feeder(feeder_config(2, 2), uint8_preprocessor(), std::move(pool), arena);
+  for (uint64_t i = 0; i < 5; ++i) {
+    ASSERT_EQ(feeder.submit(i, Priority::kNormal, SteadyClock::time_point::max(), jpeg.data(),
+                            jpeg.size()),
+              Admission::kAccepted);
+  }
+  feeder.close();
+  PreparedBatch batch;
+  size_t served = 0;
+  while (feeder.next(batch)) {
+    EXPECT_FALSE(watch.expired());  // still preparing
+    served += batch.requests.size();
+    feeder.release(batch.slot);
+  }
+  EXPECT_EQ(served, 5u);
+  EXPECT_TRUE(watch.expired());  // its threads joined while the feeder still exists
+  EXPECT_FALSE(feeder.next(batch));
+}
+
 TEST(Feeder, AFullRingHoldsRequestsBackIntoFullerBatches) {
   auto pool = std::make_shared<ThreadPool>(2);
   HostArena arena;
