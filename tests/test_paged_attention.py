@@ -337,8 +337,9 @@ def test_decode_splits_fill_the_gpu_and_stay_bounded(monkeypatch: pytest.MonkeyP
     assert decode_splits(4, 8, torch.device("cpu")) == 1
     monkeypatch.setattr(_attention, "_multiprocessors", lambda device: 132)
     cuda = torch.device("cuda")
-    # 8 programs per multiprocessor: 1,056 programs for 132 of them.
-    assert [decode_splits(b, 8, cuda) for b in (256, 128, 64, 16, 8, 1)] == [1, 1, 2, 8, 16, 16]
+    # 16 programs per multiprocessor: 2,112 programs for 132 of them, in at most 4 shares.
+    got = {b: decode_splits(b, 8, cuda) for b in (256, 192, 128, 96, 64, 16, 1)}
+    assert got == {256: 1, 192: 1, 128: 2, 96: 2, 64: 4, 16: 4, 1: 4}
 
 
 def mapped(step: Step, scale: float, size: int | None = None) -> torch.Tensor:

@@ -442,9 +442,11 @@ def max_chunk_tiles(num_tokens: int, group: int, dtype: torch.dtype, head_dim: i
 
 
 # Decode steps of few sequences leave most of the GPU idle with one program per sequence and kv
-# head; below this many programs per multiprocessor their keys are split between programs.
-_PROGRAMS_PER_SM = 8
-_MAX_SPLITS = 16
+# head; below this many programs per multiprocessor their keys are split between programs. On an
+# H100 (bench_attention.py, contexts of 100-2,048) four shares were best from 16 to 64 rows and
+# two at 128; more shares cost more than they gained.
+_PROGRAMS_PER_SM = 16
+_MAX_SPLITS = 4
 
 
 @functools.cache
