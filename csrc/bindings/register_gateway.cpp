@@ -83,6 +83,13 @@ HttpResponse response_of(int status, std::vector<Header>&& headers, nb::bytes bo
   return r;
 }
 
+// An answer from Python's (status, headers, body) through one of the gateway's ways to send it.
+template <void (Gateway::*Send)(uint64_t, HttpResponse&&)>
+void send_response(Gateway& g, uint64_t token, int status, std::vector<Header> headers,
+                   nb::bytes body) {
+  (g.*Send)(token, response_of(status, std::move(headers), body));
+}
+
 // Pieces of streamed answers, as (token, bytes, last) tuples.
 void respond_pieces(Gateway& g, const nb::list& items) {
   std::vector<HttpPiece> pieces;
@@ -156,22 +163,11 @@ void register_gateway(nb::module_& m) {
            "Wait for requests left to Python and forwarded requests whose clients left:\n"
            "([(token, method, path, query, headers, body)], [abandoned token]), all but the\n"
            "tokens as bytes; None once shut down.")
-      .def(
-          "respond",
-          [](Gateway& g, uint64_t token, int status, std::vector<Header> headers, nb::bytes body) {
-            HttpResponse r = response_of(status, std::move(headers), body);
-            g.respond(token, std::move(r));
-          },
-          nb::arg("token"), nb::arg("status"), nb::arg("headers"), nb::arg("body"),
-          "Answer a forwarded request.")
-      .def(
-          "respond_start",
-          [](Gateway& g, uint64_t token, int status, std::vector<Header> headers, nb::bytes body) {
-            HttpResponse r = response_of(status, std::move(headers), body);
-            g.respond_start(token, std::move(r));
-          },
-          nb::arg("token"), nb::arg("status"), nb::arg("headers"), nb::arg("body"),
-          "Start a forwarded request's answer whose body follows in pieces (body: the first).")
+      .def("respond", &send_response<&Gateway::respond>, nb::arg("token"), nb::arg("status"),
+           nb::arg("headers"), nb::arg("body"), "Answer a forwarded request.")
+      .def("respond_start", &send_response<&Gateway::respond_start>, nb::arg("token"),
+           nb::arg("status"), nb::arg("headers"), nb::arg("body"),
+           "Start a forwarded request's answer whose body follows in pieces (body: the first).")
       .def("respond_pieces", &respond_pieces, nb::arg("pieces"),
            "Pieces of started answers, [(token, bytes, last)] in order per token; `last` ends\n"
            "that answer. One hand-over per I/O thread.")
