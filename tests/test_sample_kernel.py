@@ -173,6 +173,25 @@ def test_tokens_match_the_philox_oracle() -> None:
         assert alone.item() == expected[i]
 
 
+def test_rows_split_into_many_chunks_combine_in_several_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 14 tiles of the interpreter's 512 logits, one chunk each for a lone row: the combining
+    # kernel reads the 14 winners 4 at a time. Greedy ties across chunks take the first index.
+    monkeypatch.setattr(_sample_kernel, "_PROGRAMS_INTERPRETED", 64)
+    gen = torch.Generator().manual_seed(4)
+    vocab = 13 * 512 + 100
+    logits = torch.randn(3, vocab, generator=gen)
+    logits[1, 700] = logits[1, 5000] = logits[1, 6700] = 50.0
+    logits[2, 6755] = 50.0  # the winner in the last, partial tile
+    temps, seeds, offsets = [1.5, 0.0, 0.0], [11, 0, 0], [3, 0, 0]
+    for i, want in enumerate(
+        [_reference(logits[0], 1.5, 11, 3), 700, 6755],
+    ):
+        got = _draw(logits[i : i + 1], temps[i : i + 1], seeds[i : i + 1], offsets[i : i + 1])
+        assert got.item() == want
+
+
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 def test_sampled_frequencies_follow_softmax(temperature: float) -> None:
     logits = torch.tensor([1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0, NEG_INF])

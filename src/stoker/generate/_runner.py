@@ -84,6 +84,11 @@ class ModelRunner:
             )
         self.buckets = sorted(self.graphs.decode) if self.graphs else []
         self.prompt_buckets = sorted(self.graphs.prompt) if self.graphs else []
+        if self.device.type == "cuda":
+            # Compiles the sampling kernels now, not in a server's first sampled steps.
+            for rows in sorted({1, max_num_seqs}):
+                logits = torch.zeros((rows, cfg.vocab_size), device=self.device)
+                sample(logits, [SamplingOptions(temperature=1.0)] * rows, [0] * rows)
 
     # -- inputs ------------------------------------------------------------------------------
 

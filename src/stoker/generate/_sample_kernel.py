@@ -34,6 +34,7 @@ from stoker._triton import (
     HAS_TRITON,
     interpreted_copy,
     jit,
+    jit_varying,
     on_device,
     tl,
     triton,
@@ -56,6 +57,10 @@ _WARPS = 8
 # a target of 2 programs splits lone rows (the two-stage path) and keeps the others whole.
 _BLOCK_INTERPRETED = 128
 _PROGRAMS_INTERPRETED = 2
+# Chunk winners the combining kernel reads at a time: one compiled kernel for any number of
+# chunks, where a width per power of two would compile anew as batch sizes change.
+_COMBINE_WIDTH = 64
+_COMBINE_WIDTH_INTERPRETED = 4
 _MAX_VOCAB = 1 << 30  # token ids and tile offsets stay in int32
 
 
@@ -87,7 +92,7 @@ _philox: Any = tl.philox if HAS_TRITON else None
 _log2 = _fast_log2
 
 
-@jit
+@jit_varying("splits")
 def _gumbel_argmax_kernel(
     logits_ptr: tl.tensor,
     temp_ptr: tl.tensor,
@@ -175,24 +180,31 @@ def _gumbel_argmax_kernel(
         tl.store(part_idx_ptr + row * splits + split, idx)
 
 
-@jit
+@jit_varying("splits")
 def _combine_kernel(
     part_key_ptr: tl.tensor,
     part_idx_ptr: tl.tensor,
     out_ptr: tl.tensor,
     splits: tl.tensor,
-    SPLITS: tl.constexpr,
+    WIDTH: tl.constexpr,
 ) -> None:
-    """One row: the best of its chunks' winners; chunks are in index order, so ties take the
-    smallest index."""
+    """One row: the best of its chunks' winners, WIDTH at a time. Chunks are in index order and
+    a lane keeps the first of equal keys it sees, so ties take the smallest index."""
     row = tl.program_id(0)
-    s = tl.arange(0, SPLITS)
-    ok = s < splits
-    key = tl.load(part_key_ptr + row * splits + s, mask=ok, other=0)
-    key = tl.where(ok, key, tl.full([SPLITS], -2147483648, tl.int32))
-    idx = tl.load(part_idx_ptr + row * splits + s, mask=ok, other=0x7FFFFFFF)
-    top = tl.reduce(key, 0, _maximum)
-    best = tl.reduce(tl.where(key == top, idx, 0x7FFFFFFF), 0, _minimum)
+    lane = tl.arange(0, WIDTH)
+    best_key = tl.full([WIDTH], -2147483648, tl.int32)
+    best_idx = tl.full([WIDTH], 0x7FFFFFFF, tl.int32)
+    for base in range(0, splits, WIDTH):
+        s = base + lane
+        ok = s < splits
+        key = tl.load(part_key_ptr + row * splits + s, mask=ok, other=0)
+        key = tl.where(ok, key, tl.full([WIDTH], -2147483648, tl.int32))
+        idx = tl.load(part_idx_ptr + row * splits + s, mask=ok, other=0x7FFFFFFF)
+        better = key > best_key
+        best_key = tl.where(better, key, best_key)
+        best_idx = tl.where(better, idx, best_idx)
+    top = tl.reduce(best_key, 0, _maximum)
+    best = tl.reduce(tl.where(best_key == top, best_idx, 0x7FFFFFFF), 0, _minimum)
     tl.store(out_ptr + row, best.to(tl.int64))
 
 
@@ -279,9 +291,13 @@ def gumbel_argmax(logits: Tensor, temperatures: Tensor, seeds: Tensor, offsets: 
         return out
     interpreted = logits.device.type == "cpu"
     if interpreted:
-        block, programs = _BLOCK_INTERPRETED, _PROGRAMS_INTERPRETED
+        block, programs, width = (
+            _BLOCK_INTERPRETED,
+            _PROGRAMS_INTERPRETED,
+            _COMBINE_WIDTH_INTERPRETED,
+        )
     else:
-        block, programs = _BLOCK, _gpu_programs(logits.device.index)
+        block, programs, width = _BLOCK, _gpu_programs(logits.device.index), _COMBINE_WIDTH
     chunk, splits = _plan(n, vocab, block, programs)
     # Partial winners only where a row is split; otherwise the kernel writes the token itself.
     parts = splits if splits > 1 else 0
@@ -308,7 +324,5 @@ def gumbel_argmax(logits: Tensor, temperatures: Tensor, seeds: Tensor, offsets: 
             num_warps=_WARPS,
         )
         if splits > 1:
-            combine[(n,)](
-                part_key, part_idx, out, splits, SPLITS=triton.next_power_of_2(splits), num_warps=1
-            )
+            combine[(n,)](part_key, part_idx, out, splits, WIDTH=width, num_warps=1)
     return out
