@@ -48,7 +48,8 @@ from stoker.generate._requests import (
     deliver,
     next_chunk,
 )
-from stoker.generate._runner import ModelRunner, Sampled
+from stoker.generate._runner import ModelRunner
+from stoker.generate._sampling import Sampled
 from stoker.generate._speculative import Proposer, Speculation
 from stoker.generate._types import (
     GenerationChunk,

@@ -30,11 +30,11 @@ from stoker._native import SchedulerStep
 from stoker.generate._attention import chunk_tiles, max_chunk_tiles
 from stoker.generate._graphs import StepGraphs, graph_buckets, prompt_buckets
 from stoker.generate._model import Decoder, KVCache, StepBatch
-from stoker.generate._sampling import sample, sample_verifying
+from stoker.generate._sampling import Sampled, sample, sample_verifying
 from stoker.generate._speculative import step_drafts
 from stoker.generate._types import SamplingOptions
 
-__all__ = ["ModelRunner", "Sampled"]
+__all__ = ["ModelRunner"]
 
 
 class ModelRunner:
@@ -162,16 +162,21 @@ class ModelRunner:
 
     def _decode_arrays(self, step: SchedulerStep, bucket: int) -> list[npt.NDArray[np.int64]]:
         """A decode-only step's arrays padded to ``bucket`` rows and the full table width."""
-        n = len(step.query_lens)
-        ids = np.zeros(bucket, dtype=np.int64)
-        ids[:n] = step.input_ids
-        pos = np.zeros(bucket, dtype=np.int64)
-        pos[:n] = step.positions
-        slots = np.full(bucket, self.scratch * self.block_size, dtype=np.int64)
-        slots[:n] = step.slot_mapping
-        ctx = np.ones(bucket, dtype=np.int64)
-        ctx[:n] = step.context_lens
-        return [ids, pos, slots, ctx, self._padded_tables(step, bucket)]
+        return [
+            *self._padded_tokens(step, bucket),
+            _padded(step.context_lens, bucket, 1),
+            self._padded_tables(step, bucket),
+        ]
+
+    def _padded_tokens(self, step: SchedulerStep, size: int) -> list[npt.NDArray[np.int64]]:
+        """Token ids, positions and slots, padded to ``size`` with tokens that write their K/V
+        into the scratch block."""
+        scratch = self.scratch * self.block_size
+        return [
+            _padded(step.input_ids, size, 0),
+            _padded(step.positions, size, 0),
+            _padded(step.slot_mapping, size, scratch),
+        ]
 
     def prompt_arrays(
         self, step: SchedulerStep, rows: npt.NDArray[np.int64], bucket: int
@@ -180,21 +185,20 @@ class ModelRunner:
         order of a prompt graph's static inputs: ids, positions, slots, context lens, tables,
         query starts, the sampled ``rows``' last tokens, the attention's tile map."""
         n, t, top = len(step.query_lens), len(step.input_ids), self.max_num_seqs
-        ids = np.zeros(bucket, dtype=np.int64)
-        ids[:t] = step.input_ids
-        pos = np.zeros(bucket, dtype=np.int64)
-        pos[:t] = step.positions
-        slots = np.full(bucket, self.scratch * self.block_size, dtype=np.int64)
-        slots[:t] = step.slot_mapping
-        ctx = np.ones(top, dtype=np.int64)
-        ctx[:n] = step.context_lens
         cu = np.full(top + 1, t, dtype=np.int64)  # padding rows: no query tokens
         cu[0] = 0
         np.cumsum(step.query_lens, out=cu[1 : n + 1])
         last = np.zeros(top, dtype=np.int64)
         last[: len(rows)] = cu[rows + 1] - 1
         tiles = chunk_tiles(step.query_lens, *self._heads, max_chunk_tiles(bucket, *self._heads))
-        return [ids, pos, slots, ctx, self._padded_tables(step, top), cu, last, tiles]
+        return [
+            *self._padded_tokens(step, bucket),
+            _padded(step.context_lens, top, 1),
+            self._padded_tables(step, top),
+            cu,
+            last,
+            tiles,
+        ]
 
     def _padded_tables(self, step: SchedulerStep, bucket: int) -> npt.NDArray[np.int64]:
         """The step's block tables at the full width, padding rows on the scratch block."""
@@ -366,6 +370,12 @@ class ModelRunner:
         return Sampled(host, done, tokens)
 
 
+def _padded(values: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[np.int64]:
+    out = np.full(size, fill, dtype=np.int64)
+    out[: len(values)] = values
+    return out
+
+
 def _pending_arrays(step: SchedulerStep, previous: Tensor | None) -> list[npt.NDArray[np.int64]]:
     """Where the step's pending input tokens go (the first token of their rows) and which of the
     owed step's sampled tokens they are; none when no row is pending."""
@@ -393,21 +403,3 @@ def _verified_tokens(ends: npt.NDArray[np.int64], drafts: npt.NDArray[np.int64])
     starts = np.repeat(ends - counts, counts)
     within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     return starts + within
-
-
-class Sampled:
-    """A step's sampled tokens, maybe still being computed and copied to the host; ``device``
-    holds them where they were sampled."""
-
-    def __init__(self, tokens: Tensor, done: torch.cuda.Event | None, device: Tensor) -> None:
-        self._tokens, self._done, self.device = tokens, done, device
-
-    def ready(self) -> bool:
-        """Whether ``tokens()`` would return without waiting for the device."""
-        return self._done is None or bool(self._done.query())  # type: ignore[no-untyped-call]
-
-    def tokens(self) -> list[int]:
-        if self._done is not None:
-            self._done.synchronize()
-        picked: list[int] = self._tokens.tolist()
-        return picked

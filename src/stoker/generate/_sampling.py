@@ -17,7 +17,7 @@ from torch import Tensor
 from stoker.generate._sample_kernel import HAS_TRITON, gumbel_argmax
 from stoker.generate._types import SamplingOptions
 
-__all__ = ["sample", "sample_verifying"]
+__all__ = ["Sampled", "sample", "sample_verifying"]
 
 _MIX = 0x9E3779B97F4A7C15  # spreads consecutive token indices over the seed space
 _SEEDS = random.Random()  # seeds of unseeded rows on the fused path
@@ -139,3 +139,21 @@ def _fused(logits: Tensor, rows: Sequence[SamplingOptions], positions: Sequence[
     temps = host[0].to(logits.device, non_blocking=True)
     seeds_t, offsets = ints.to(logits.device, non_blocking=True).unbind(0)
     return gumbel_argmax(logits, temps, seeds_t, offsets)
+
+
+class Sampled:
+    """A step's sampled tokens, maybe still being computed and copied to the host; ``device``
+    holds them where they were sampled."""
+
+    def __init__(self, tokens: Tensor, done: torch.cuda.Event | None, device: Tensor) -> None:
+        self._tokens, self._done, self.device = tokens, done, device
+
+    def ready(self) -> bool:
+        """Whether ``tokens()`` would return without waiting for the device."""
+        return self._done is None or bool(self._done.query())  # type: ignore[no-untyped-call]
+
+    def tokens(self) -> list[int]:
+        if self._done is not None:
+            self._done.synchronize()
+        picked: list[int] = self._tokens.tolist()
+        return picked
