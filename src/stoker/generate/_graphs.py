@@ -84,7 +84,6 @@ class StepGraphs:
         self._cu = torch.arange(top + 1, dtype=torch.int32, device=d)
         self._rows = torch.arange(top * w, dtype=torch.int64, device=d)
         self._cu_verify = self._cu * w
-        self.top = top
         pool = torch.cuda.graph_pool_handle()
         # Largest first, so that the smaller ones reuse its memory in the shared pool.
         self.prompt = {t: self._capture(self._prompt_step(t), False, pool) for t in prompt[::-1]}
