@@ -182,4 +182,22 @@ inline HttpServerConfig config(size_t io_threads = 1) {
   return c;
 }
 
+// A started server whose handler parks every request; with `abandons`, the tokens of requests
+// whose clients left are recorded in `parked` too. Tests bind both: auto& [parked, server] = s.
+struct ParkedServer {
+  explicit ParkedServer(HttpServerConfig cfg = config(), bool abandons = false)
+      : server(std::move(cfg), parked.handler(),
+               abandons ? parked.abandon() : HttpServer::Abandon{}) {
+    server.start();
+  }
+  Parked parked;
+  HttpServer server;
+};
+
+// Sends `request` from `c` and waits for the server to park it: its token, 0 on timeout.
+inline uint64_t ask(Parked& parked, Client& c, const std::string& request) {
+  c.send(request);
+  return parked.next().first;
+}
+
 }  // namespace stoker::test

@@ -51,9 +51,8 @@ TEST(HttpServer, RoundTripKeepAliveAndHead) {
 
 TEST(HttpServer, ManyConcurrentClientsAnsweredFromAPool) {
   constexpr int kClients = 32, kRequests = 200;
-  Parked parked;
-  HttpServer server(config(2), parked.handler());
-  server.start();
+  ParkedServer s(config(2));
+  auto& [parked, server] = s;
   std::atomic<bool> done{false};
   std::vector<std::thread> workers;
   for (int w = 0; w < 4; ++w) {
@@ -88,9 +87,8 @@ TEST(HttpServer, ManyConcurrentClientsAnsweredFromAPool) {
 }
 
 TEST(HttpServer, PipelinedRequestsWaitForTheResponseBefore) {
-  Parked parked;
-  HttpServer server(config(), parked.handler());
-  server.start();
+  ParkedServer s;
+  auto& [parked, server] = s;
   Client c(server.port());
   c.send(post("/1", "a") + post("/2", "bb") + "GET /3 HTTP/1.1\r\nHost: t\r\n\r\n");
   for (const char* path : {"/1", "/2", "/3"}) {
@@ -109,12 +107,11 @@ TEST(HttpServer, PipelinedRequestsWaitForTheResponseBefore) {
 }
 
 TEST(HttpServer, ProtocolErrorsAreAnsweredAndClosed) {
-  Parked parked;
   HttpServerConfig cfg = config();
   cfg.limits.max_header_bytes = 1024;
   cfg.limits.max_body_bytes = 1000;
-  HttpServer server(cfg, parked.handler());
-  server.start();
+  ParkedServer s(cfg);
+  auto& [parked, server] = s;
   const std::vector<std::pair<std::string, int>> cases = {
       {"garbage\r\n\r\n", 400},
       {"GET / HTTP/1.1\r\nHost: t\r\nX: " + std::string(2000, 'x') + "\r\n\r\n", 431},
@@ -194,9 +191,8 @@ TEST(HttpServer, ConnectionPersistence) {
 }
 
 TEST(HttpServer, AbandonWhenTheClientLeaves) {
-  Parked parked;
-  HttpServer server(config(), parked.handler(), parked.abandon());
-  server.start();
+  ParkedServer s(config(), true);
+  auto& [parked, server] = s;
   uint64_t token;
   {
     Client c(server.port());
@@ -219,9 +215,8 @@ TEST(HttpServer, AbandonWhenTheClientLeaves) {
 }
 
 TEST(HttpServer, ShutdownAnswersRequestsInFlight) {
-  Parked parked;
-  HttpServer server(config(2), parked.handler(), parked.abandon());
-  server.start();
+  ParkedServer s(config(2), true);
+  auto& [parked, server] = s;
   const uint16_t port = server.port();
   std::vector<std::unique_ptr<Client>> busy;
   for (int i = 0; i < 3; ++i) {
@@ -255,9 +250,8 @@ TEST(HttpServer, ShutdownAnswersRequestsInFlight) {
 }
 
 TEST(HttpServer, ShutdownDeadlineAbandonsWhatIsLeft) {
-  Parked parked;
-  HttpServer server(config(), parked.handler(), parked.abandon());
-  server.start();
+  ParkedServer s(config(), true);
+  auto& [parked, server] = s;
   Client c(server.port());
   c.send(post("/never", "x"));
   const uint64_t token = parked.next().first;
@@ -341,9 +335,8 @@ TEST(HttpServer, IdleConnectionsAreClosedSilently) {
 }
 
 TEST(HttpServer, PartlyReceivedRequestsTimeOutWith408) {
-  Parked parked;
-  HttpServer server(idle_config(), parked.handler());
-  server.start();
+  ParkedServer s(idle_config());
+  auto& [parked, server] = s;
   Client head(server.port());
   head.send("GET / HTTP/1.1\r\nHost: t\r\n");
   Client body(server.port());
@@ -367,9 +360,8 @@ TEST(HttpServer, PartlyReceivedRequestsTimeOutWith408) {
 }
 
 TEST(HttpServer, RequestsInFlightOutliveTheIdleTimeout) {
-  Parked parked;
-  HttpServer server(idle_config(), parked.handler(), parked.abandon());
-  server.start();
+  ParkedServer s(idle_config(), true);
+  auto& [parked, server] = s;
   Client c(server.port());
   c.send(post("/slow", "x"));
   uint64_t token = parked.next().first;

@@ -26,12 +26,10 @@ void pieces(HttpServer& server, std::vector<HttpPiece> list) {
 }
 
 TEST(HttpStream, ChunkedPiecesArriveAsSentAndTheConnectionStaysOpen) {
-  Parked parked;
-  HttpServer server(config(), parked.handler());
-  server.start();
+  ParkedServer s;
+  auto& [parked, server] = s;
   Client c(server.port());
-  c.send("GET /s HTTP/1.1\r\nHost: t\r\n\r\n");
-  const uint64_t token = parked.next().first;
+  const uint64_t token = ask(parked, c, "GET /s HTTP/1.1\r\nHost: t\r\n\r\n");
   ASSERT_NE(token, 0u);
   HttpResponse head = events_head();
   head.body = "first";
@@ -47,8 +45,7 @@ TEST(HttpStream, ChunkedPiecesArriveAsSentAndTheConnectionStaysOpen) {
   pieces(server, {{token, "third", true}});
   EXPECT_EQ(c.read_until("0\r\n\r\n"), "5\r\nthird\r\n0\r\n\r\n");
   pieces(server, {{token, "after the end", false}});  // ignored
-  c.send("GET /next HTTP/1.1\r\nHost: t\r\n\r\n");
-  const uint64_t next = parked.next().first;
+  const uint64_t next = ask(parked, c, "GET /next HTTP/1.1\r\nHost: t\r\n\r\n");
   ASSERT_NE(next, 0u);
   server.respond(next, text("whole"));
   const Reply r = c.read();
@@ -59,9 +56,8 @@ TEST(HttpStream, ChunkedPiecesArriveAsSentAndTheConnectionStaysOpen) {
 
 TEST(HttpStream, OneCallCarriesPiecesOfManyStreamsOnSeveralThreads) {
   constexpr int kClients = 12, kPieces = 40;
-  Parked parked;
-  HttpServer server(config(3), parked.handler());
-  server.start();
+  ParkedServer s(config(3));
+  auto& [parked, server] = s;
   std::vector<std::unique_ptr<Client>> clients;
   std::vector<uint64_t> tokens;
   for (int i = 0; i < kClients; ++i) {
@@ -98,12 +94,10 @@ TEST(HttpStream, OneCallCarriesPiecesOfManyStreamsOnSeveralThreads) {
 }
 
 TEST(HttpStream, HttpTenGetsRawBytesAndTheEndClosesTheConnection) {
-  Parked parked;
-  HttpServer server(config(), parked.handler());
-  server.start();
+  ParkedServer s;
+  auto& [parked, server] = s;
   Client c(server.port());
-  c.send("GET /s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
-  const uint64_t token = parked.next().first;
+  const uint64_t token = ask(parked, c, "GET /s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
   ASSERT_NE(token, 0u);
   server.respond_start(token, events_head());
   pieces(server, {{token, "data: a\n\n", false}, {token, "data: b\n\n", true}});
@@ -115,17 +109,14 @@ TEST(HttpStream, HttpTenGetsRawBytesAndTheEndClosesTheConnection) {
 }
 
 TEST(HttpStream, HeadRequestsGetTheHeadOnly) {
-  Parked parked;
-  HttpServer server(config(), parked.handler());
-  server.start();
+  ParkedServer s;
+  auto& [parked, server] = s;
   Client c(server.port());
-  c.send("HEAD /s HTTP/1.1\r\nHost: t\r\n\r\n");
-  const uint64_t token = parked.next().first;
+  const uint64_t token = ask(parked, c, "HEAD /s HTTP/1.1\r\nHost: t\r\n\r\n");
   ASSERT_NE(token, 0u);
   server.respond_start(token, events_head());
   pieces(server, {{token, "never sent", false}, {token, "nor this", true}});
-  c.send("GET /next HTTP/1.1\r\nHost: t\r\n\r\n");
-  const uint64_t next = parked.next().first;
+  const uint64_t next = ask(parked, c, "GET /next HTTP/1.1\r\nHost: t\r\n\r\n");
   ASSERT_NE(next, 0u);
   server.respond(next, text("after"));
   const std::string head = c.read_until("\r\n\r\n");
@@ -135,18 +126,15 @@ TEST(HttpStream, HeadRequestsGetTheHeadOnly) {
 }
 
 TEST(HttpStream, ResponsesThatDoNotFitTheRequestsStateAreIgnored) {
-  Parked parked;
-  HttpServer server(config(), parked.handler());
-  server.start();
+  ParkedServer s;
+  auto& [parked, server] = s;
   Client c(server.port());
-  c.send("GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
-  const uint64_t a = parked.next().first;
+  const uint64_t a = ask(parked, c, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
   ASSERT_NE(a, 0u);
   pieces(server, {{a, "not started", true}});  // ignored: the request is still unanswered
   server.respond(a, text("whole"));
   EXPECT_EQ(c.read().body, "whole");
-  c.send("GET /b HTTP/1.1\r\nHost: t\r\n\r\n");
-  const uint64_t b = parked.next().first;
+  const uint64_t b = ask(parked, c, "GET /b HTTP/1.1\r\nHost: t\r\n\r\n");
   ASSERT_NE(b, 0u);
   server.respond_start(b, events_head());
   server.respond(b, text("a whole answer too"));  // ignored: the response has started
@@ -158,14 +146,12 @@ TEST(HttpStream, ResponsesThatDoNotFitTheRequestsStateAreIgnored) {
 }
 
 TEST(HttpStream, AClientLeavingMidStreamAbandonsItsRequest) {
-  Parked parked;
-  HttpServer server(config(), parked.handler(), parked.abandon());
-  server.start();
+  ParkedServer s(config(), true);
+  auto& [parked, server] = s;
   uint64_t token;
   {
     Client c(server.port());
-    c.send("GET /s HTTP/1.1\r\nHost: t\r\n\r\n");
-    token = parked.next().first;
+    token = ask(parked, c, "GET /s HTTP/1.1\r\nHost: t\r\n\r\n");
     ASSERT_NE(token, 0u);
     HttpResponse head = events_head();
     head.body = "x";
@@ -179,14 +165,12 @@ TEST(HttpStream, AClientLeavingMidStreamAbandonsItsRequest) {
 }
 
 TEST(HttpStream, AReaderThatStallsIsCutOffAtTheUnsentLimit) {
-  Parked parked;
   HttpServerConfig cfg = config();
   cfg.max_unsent_bytes = 1 << 20;
-  HttpServer server(cfg, parked.handler(), parked.abandon());
-  server.start();
+  ParkedServer s(cfg, true);
+  auto& [parked, server] = s;
   Client c(server.port());  // never reads
-  c.send("GET /s HTTP/1.1\r\nHost: t\r\n\r\n");
-  const uint64_t token = parked.next().first;
+  const uint64_t token = ask(parked, c, "GET /s HTTP/1.1\r\nHost: t\r\n\r\n");
   ASSERT_NE(token, 0u);
   server.respond_start(token, events_head());
   // Far more than the socket's buffers and the limit together can hold.
@@ -201,12 +185,10 @@ TEST(HttpStream, AReaderThatStallsIsCutOffAtTheUnsentLimit) {
 }
 
 TEST(HttpStream, ShutdownLetsAStreamInFlightFinish) {
-  Parked parked;
-  HttpServer server(config(), parked.handler());
-  server.start();
+  ParkedServer s;
+  auto& [parked, server] = s;
   Client c(server.port());
-  c.send("GET /s HTTP/1.1\r\nHost: t\r\n\r\n");
-  const uint64_t token = parked.next().first;
+  const uint64_t token = ask(parked, c, "GET /s HTTP/1.1\r\nHost: t\r\n\r\n");
   ASSERT_NE(token, 0u);
   server.respond_start(token, events_head());
   std::thread stopper([&] { server.shutdown(10s); });
