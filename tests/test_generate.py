@@ -568,3 +568,41 @@ def test_cuda_prompt_graphs_keep_greedy_output(llama: Path, engine_of: Any, ahea
     assert graphed.generate(prompts, GREEDY) == expected
     assert graphed.runner.prompt_replays > 3
     assert expected == _reference(llama, prompts, GREEDY.max_tokens)
+
+
+def test_padded_decode_steps_see_what_unpadded_steps_see(llama: Path, engine_of: Any) -> None:
+    from stoker.generate import _model
+    from stoker.generate._runner import _fill_pending, _pending_arrays
+
+    prompts = _prompts(4, seed=49, lengths=(5, 30))
+    engine = engine_of(llama, max_num_seqs=4)
+    expected = engine.generate(prompts, GREEDY)
+    runner = engine.runner
+    real = runner.logits
+    compared = 0
+
+    def checked(
+        step: Any, rows: Any, verify: Any = None, previous: Any = None, poll: Any = None
+    ) -> Any:
+        nonlocal compared
+        eager = real(step, rows, verify, previous, poll)
+        n = len(step.query_lens)
+        if len(step.input_ids) != n:
+            return eager
+        # Three padding rows, as a decode graph's bucket adds, run eagerly here.
+        bucket = n + 3
+        arrays = runner._decode_arrays(step, bucket)
+        ids, pos, slots, ctx, tables = (torch.from_numpy(a) for a in arrays)
+        _fill_pending(ids, [torch.from_numpy(a) for a in _pending_arrays(step, previous)], previous)
+        cu = torch.arange(bucket + 1, dtype=torch.int32)
+        batch = _model.StepBatch(
+            ids, pos, slots, cu, ctx.int(), tables.int(), torch.arange(bucket), 1
+        )
+        padded = runner.model(batch, runner.cache, True)[:n]
+        torch.testing.assert_close(padded, eager, rtol=1e-4, atol=1e-4)
+        compared += 1
+        return eager
+
+    runner.logits = checked
+    assert engine.generate(prompts, GREEDY) == expected
+    assert compared > 10
