@@ -330,3 +330,22 @@ def test_buffers_go_to_the_native_queue_without_copies_and_stay_pinned() -> None
             engine.submit(memoryview(bytes(range(20)))[::2])
         with pytest.raises(TypeError, match="bytes-like"):
             engine.submit("not bytes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("largest", [1, 7, 32, 100, 256])
+def test_graph_buckets_pad_a_nearly_full_batch_by_a_sixteenth_at_most(largest: int) -> None:
+    from stoker._runner import image_buckets
+
+    buckets = image_buckets(largest, None)
+    assert buckets == sorted(set(buckets)) and buckets[-1] == largest and buckets[0] == 1
+    step = max(1, largest // 16)
+    for n in range(1, largest + 1):
+        bucket = next(b for b in buckets if b >= n)
+        # Below half the maximum, powers of two; above it, at most one step of padding.
+        assert bucket - n < (step if 2 * n > largest else n)
+
+
+def test_preferred_batch_sizes_are_the_graph_buckets_themselves() -> None:
+    from stoker._runner import image_buckets
+
+    assert image_buckets(256, [64, 200]) == [64, 200, 256]

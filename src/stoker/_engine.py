@@ -44,7 +44,7 @@ from stoker._errors import (
 from stoker._hybrid import DecodeAhead, Decoded, check_share, gpu_decode_setup
 from stoker._models import ModelLike, load_model
 from stoker._preprocess import enable_pinning
-from stoker._runner import CpuRunner, CudaRunner, Flight, buckets_for
+from stoker._runner import CpuRunner, CudaRunner, Flight, image_buckets
 from stoker._spec import ImageSpec
 from stoker._stats import HistogramSnapshot, StageStats, Timings
 
@@ -127,7 +127,7 @@ class Engine(CallerAPI[bytes | bytearray | memoryview, Timings]):
                 self.device,
                 dtype,
                 channels_last,
-                buckets_for(max_batch_size, preferred_batch_sizes),
+                image_buckets(max_batch_size, preferred_batch_sizes),
                 cuda_graphs,
                 decoder,
             )
