@@ -344,7 +344,10 @@ def main() -> None:
         sys.setswitchinterval(args.switch_interval / 1000)
     cuda = args.device == "cuda"
     args.max_batch = args.max_batch or (256 if cuda else 32)
-    args.concurrency = args.concurrency or (4 * args.max_batch if cuda else 64)
+    # Closed-loop callers keep the GPU fed only if they outnumber what the engine holds in flight
+    # (the staging slots and the batches on the device, about nine batches): with fewer, the
+    # queue runs dry and batches leave short.
+    args.concurrency = args.concurrency or (16 * args.max_batch if cuda else 64)
     header(args)
     images = (small_images if args.images == "small" else large_images)(args.count)
     print(f"{len(images)} JPEGs, mean {np.mean([len(b) for b in images]) / 1e3:.0f} KB\n")
