@@ -606,3 +606,17 @@ def test_padded_decode_steps_see_what_unpadded_steps_see(llama: Path, engine_of:
     runner.logits = checked
     assert engine.generate(prompts, GREEDY) == expected
     assert compared > 10
+
+
+def test_a_steps_arrays_reach_the_device_each_16_byte_aligned(llama: Path, engine_of: Any) -> None:
+    import numpy as np
+
+    runner = engine_of(llama, max_num_seqs=4).runner
+    parts: list[Any] = [np.arange(n, dtype=np.int64) + 100 * n for n in (3, 1, 4, 7)]
+    parts.append(np.arange(6, dtype=np.int64).reshape(2, 3))
+    for _ in range(2):  # both staging buffers
+        uploaded = runner._upload(parts)
+        for got, want in zip(uploaded, parts, strict=True):
+            assert got.data_ptr() % 16 == 0
+            assert got.shape == want.shape
+            assert got.cpu().tolist() == want.tolist()

@@ -58,7 +58,7 @@ def _add(a: tl.tensor, b: tl.tensor) -> tl.tensor:
     return a + b
 
 
-@jit_varying("q_max", "map_stride")
+@jit_varying("st_b", "q_max", "map_stride", "part_stride")
 def _paged_attention_kernel(
     q_ptr: tl.tensor,
     k_ptr: tl.tensor,
@@ -179,7 +179,7 @@ def _paged_attention_kernel(
         tl.store(out_ptr + o_offs, result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-@jit
+@jit_varying("part_stride", "q_max")
 def _combine_kernel(
     part_ptr: tl.tensor,
     ml_ptr: tl.tensor,

@@ -93,8 +93,11 @@ class ModelRunner:
     # -- inputs ------------------------------------------------------------------------------
 
     def _upload(self, parts: Sequence[npt.NDArray[np.int64]]) -> list[Tensor]:
-        """The arrays on the device (int64), through one staging copy."""
-        total = sum(p.size for p in parts)
+        """The arrays on the device (int64), through one staging copy. Each starts 16 bytes
+        aligned whatever the sizes before it: Triton compiles a kernel variant per alignment
+        class of a pointer, and a variant first met in a running server stalls it."""
+        starts = np.cumsum([0] + [p.size + (p.size & 1) for p in parts])
+        total = int(starts[-1])
         turn = self._turn
         self._turn ^= 1
         copied = self._copied[turn]
@@ -108,20 +111,17 @@ class ModelRunner:
                 pin_memory=self.device.type == "cuda",
             )
         host = staging.numpy()
-        offset = 0
-        for p in parts:
-            host[offset : offset + p.size] = p.reshape(-1)
-            offset += p.size
+        for p, start in zip(parts, starts[:-1].tolist(), strict=True):
+            host[start : start + p.size] = p.reshape(-1)
         flat = staging[:total].to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             event.record()
             self._copied[turn] = event
-        out, offset = [], 0
-        for p in parts:
-            out.append(flat[offset : offset + p.size].view(p.shape))
-            offset += p.size
-        return out
+        return [
+            flat[start : start + p.size].view(p.shape)
+            for p, start in zip(parts, starts[:-1].tolist(), strict=True)
+        ]
 
     def _batch(
         self,
