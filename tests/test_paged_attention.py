@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stoker.generate import _attention
+from stoker.generate import _attention, _attention_tiles
 from stoker.generate._attention import (
     HAS_TRITON,
     chunk_tiles,
@@ -335,7 +335,7 @@ def test_splits_must_be_a_positive_int(bad: object) -> None:
 
 def test_decode_splits_fill_the_gpu_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert decode_splits(4, 8, torch.device("cpu")) == 1
-    monkeypatch.setattr(_attention, "_multiprocessors", lambda device: 132)
+    monkeypatch.setattr(_attention_tiles, "_multiprocessors", lambda device: 132)
     cuda = torch.device("cuda")
     # 16 programs per multiprocessor: 2,112 programs for 132 of them, in at most 4 shares.
     got = {b: decode_splits(b, 8, cuda) for b in (256, 192, 128, 96, 64, 16, 1)}

@@ -11,30 +11,26 @@ tokens of all sequences back to back (``cu_query_lens`` marks where each starts)
 (plain torch, also the tests' oracle) elsewhere; CPU tensors may be forced through the kernel,
 which then runs in Triton's interpreter. The kernel and ``write_kv`` never synchronize with the
 host and their launches depend only on shapes and the host ``max_query_len``, so a step can be
-captured in a CUDA graph.
-
-Rows longer than a decode tile (prompt chunks) take wide query tiles. Without a map their launch
-covers every (tile up to ``max_query_len``, sequence) pair, and beside 256 decoding rows almost
-all of those programs return at once; ``chunk_tiles`` lists, on the host, just the (sequence,
-tile) pairs that have work, so the launch has one program per pair. Padded with empty entries to
-a fixed length, the same map lets a CUDA graph serve any step of up to that many tiles.
+captured in a CUDA graph. How a step is divided between programs (tiles, the map of prompt
+chunks' tiles, split keys) is in ``_attention_tiles.py``; the kernels are in
+``_attention_kernels.py``.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
-import numpy.typing as npt
 import torch
 
-from stoker._triton import HAS_TRITON, interpreted, jit, jit_varying, on_device, tl, triton
+from stoker._triton import HAS_TRITON, on_device, triton
+from stoker.generate._attention_kernels import KERNELS, interpreted_kernels
+from stoker.generate._attention_tiles import chunk_tiles, decode_splits, max_chunk_tiles, tile_shape
 
 __all__ = [
     "HAS_TRITON",
     "chunk_tiles",
     "decode_splits",
+    "max_chunk_tiles",
     "paged_attention",
     "paged_attention_reference",
     "paged_attention_triton",
@@ -46,208 +42,6 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _INTS = (torch.int32, torch.int64)
 # The interpreter pays per operation, not per element; small key steps still cross blocks.
 _KEYS_INTERPRETED = 32
-
-
-@jit
-def _maximum(a: tl.tensor, b: tl.tensor) -> tl.tensor:
-    return tl.maximum(a, b)
-
-
-@jit
-def _add(a: tl.tensor, b: tl.tensor) -> tl.tensor:
-    return a + b
-
-
-@jit_varying("st_b", "q_max", "map_stride", "part_stride")
-def _paged_attention_kernel(
-    q_ptr: tl.tensor,
-    k_ptr: tl.tensor,
-    v_ptr: tl.tensor,
-    out_ptr: tl.tensor,
-    cu_ptr: tl.tensor,
-    ctx_ptr: tl.tensor,
-    table_ptr: tl.tensor,
-    qk_scale: tl.tensor,
-    sq_t: tl.tensor,
-    sq_h: tl.tensor,
-    so_t: tl.tensor,
-    so_h: tl.tensor,
-    sk_b: tl.tensor,
-    sk_o: tl.tensor,
-    sk_h: tl.tensor,
-    sv_b: tl.tensor,
-    sv_o: tl.tensor,
-    sv_h: tl.tensor,
-    st_b: tl.tensor,
-    q_min: tl.tensor,
-    q_max: tl.tensor,
-    map_ptr: tl.tensor,
-    map_stride: tl.tensor,
-    part_ptr: tl.tensor,
-    ml_ptr: tl.tensor,
-    part_stride: tl.tensor,
-    MAPPED: tl.constexpr,
-    SPLIT: tl.constexpr,
-    GROUP: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    PAGE: tl.constexpr,
-    ROWS: tl.constexpr,
-    TOKENS: tl.constexpr,
-    KEYS: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-) -> None:
-    """One (query tile, kv head, sequence): rows are TOKENS query tokens x GROUP q heads. Only
-    sequences of q_min to q_max query tokens: the others are another launch's. MAPPED: the
-    first program index picks a (sequence, tile) pair of the map; padding pairs name a tile past
-    any sequence's queries. SPLIT: one tile per sequence, and the first program index is a
-    share of its keys, whose unnormalized result goes to the partials for _combine_kernel."""
-    kv_head = tl.program_id(1)
-    split = 0
-    if MAPPED:
-        seq = tl.load(map_ptr + tl.program_id(0))
-        tile = tl.load(map_ptr + map_stride + tl.program_id(0))
-    elif SPLIT:
-        tile = 0
-        split = tl.program_id(0)
-        seq = tl.program_id(2)
-    else:
-        tile = tl.program_id(0)
-        seq = tl.program_id(2)
-    q_start = tl.load(cu_ptr + seq)
-    q_len = tl.load(cu_ptr + seq + 1) - q_start
-    # Past the sequence's queries (padding rows included): the grid covers max_query_len.
-    if (tile * TOKENS >= q_len) | (q_len < q_min) | (q_len > q_max):
-        return
-    ctx = tl.load(ctx_ptr + seq)
-
-    row = tl.arange(0, ROWS)
-    token = tile * TOKENS + row // GROUP
-    head = kv_head * GROUP + row % GROUP
-    row_ok = (row < TOKENS * GROUP) & (token < q_len)
-    pos = ctx - q_len + token
-    dim = tl.arange(0, HEAD_DIM)
-    q_offs = (q_start + token)[:, None] * sq_t + head[:, None] * sq_h + dim[None, :]
-    q = tl.load(q_ptr + q_offs, mask=row_ok[:, None], other=0.0)
-    if UPCAST:  # Triton's interpreter multiplies bfloat16 operands as raw integers
-        q = q.to(tl.float32)
-
-    # Keys past the tile's last query token are masked for every row: stop there.
-    kv_end = ctx - q_len + tl.minimum(tile * TOKENS + TOKENS, q_len)
-    m_i = tl.full([ROWS], float("-inf"), tl.float32)
-    l_i = tl.full([ROWS], 0.0, tl.float32)
-    acc = tl.full([ROWS, HEAD_DIM], 0.0, tl.float32)
-    key = tl.arange(0, KEYS)
-    kv_start = 0
-    if SPLIT:  # whole key steps per share; the last shares may be empty
-        splits = tl.num_programs(0)
-        share = ((kv_end + splits - 1) // splits + KEYS - 1) // KEYS * KEYS
-        kv_start = split * share
-        kv_end = tl.minimum(kv_start + share, kv_end)
-    for start in range(kv_start, kv_end, KEYS):
-        n = start + key
-        n_ok = n < kv_end
-        block = tl.load(table_ptr + seq * st_b + n // PAGE, mask=n_ok, other=0).to(tl.int64)
-        offset = n % PAGE
-        k_offs = block[None, :] * sk_b + offset[None, :] * sk_o + kv_head * sk_h + dim[:, None]
-        k = tl.load(k_ptr + k_offs, mask=n_ok[None, :], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-        s = tl.where(n_ok[None, :] & (n[None, :] <= pos[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.reduce(s, 1, _maximum))
-        # A row with no visible key yet keeps -inf; subtracting 0 keeps its terms at exp(-inf).
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.reduce(p, 1, _add)
-        v_offs = block[:, None] * sv_b + offset[:, None] * sv_o + kv_head * sv_h + dim[None, :]
-        v = tl.load(v_ptr + v_offs, mask=n_ok[:, None], other=0.0)
-        if UPCAST:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-
-    if SPLIT:
-        at = split * part_stride + (seq * TOKENS + token) * (tl.num_programs(1) * GROUP) + head
-        tl.store(ml_ptr + at, m_i, mask=row_ok)
-        tl.store(ml_ptr + tl.num_programs(0) * part_stride + at, l_i, mask=row_ok)
-        tl.store(part_ptr + at[:, None] * HEAD_DIM + dim[None, :], acc, mask=row_ok[:, None])
-    else:
-        result = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        o_offs = (q_start + token)[:, None] * so_t + head[:, None] * so_h + dim[None, :]
-        tl.store(out_ptr + o_offs, result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
-
-
-@jit_varying("part_stride", "q_max")
-def _combine_kernel(
-    part_ptr: tl.tensor,
-    ml_ptr: tl.tensor,
-    out_ptr: tl.tensor,
-    cu_ptr: tl.tensor,
-    so_t: tl.tensor,
-    so_h: tl.tensor,
-    part_stride: tl.tensor,
-    splits: tl.tensor,
-    q_max: tl.tensor,
-    GROUP: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    ROWS: tl.constexpr,
-    TOKENS: tl.constexpr,
-) -> None:
-    """One (kv head, sequence) of a split launch: merges its shares' partial results, each
-    relative to its own running maximum, into the output. Partials are laid out (share,
-    sequence, token of the tile, q head); part_stride is one share's size."""
-    kv_head = tl.program_id(0)
-    seq = tl.program_id(1)
-    q_start = tl.load(cu_ptr + seq)
-    q_len = tl.load(cu_ptr + seq + 1) - q_start
-    if (q_len == 0) | (q_len > q_max):
-        return
-    row = tl.arange(0, ROWS)
-    token = row // GROUP
-    head = kv_head * GROUP + row % GROUP
-    row_ok = (row < TOKENS * GROUP) & (token < q_len)
-    at = (seq * TOKENS + token) * (tl.num_programs(0) * GROUP) + head
-    dim = tl.arange(0, HEAD_DIM)
-    m = tl.full([ROWS], float("-inf"), tl.float32)
-    for s in range(0, splits):
-        m = tl.maximum(m, tl.load(ml_ptr + s * part_stride + at, mask=row_ok, other=float("-inf")))
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    l_sum = tl.full([ROWS], 0.0, tl.float32)
-    acc = tl.full([ROWS, HEAD_DIM], 0.0, tl.float32)
-    for s in range(0, splits):
-        m_s = tl.load(ml_ptr + s * part_stride + at, mask=row_ok, other=float("-inf"))
-        weight = tl.exp2(m_s - m_safe)
-        l_s = tl.load(ml_ptr + (splits + s) * part_stride + at, mask=row_ok, other=0.0)
-        l_sum += weight * l_s
-        part = tl.load(
-            part_ptr + (s * part_stride + at)[:, None] * HEAD_DIM + dim[None, :],
-            mask=row_ok[:, None],
-            other=0.0,
-        )
-        acc += weight[:, None] * part
-    result = acc / tl.where(l_sum == 0.0, 1.0, l_sum)[:, None]
-    o_offs = (q_start + token)[:, None] * so_t + head[:, None] * so_h + dim[None, :]
-    tl.store(out_ptr + o_offs, result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
-
-
-_COMPILED: dict[str, Any] = {
-    "_paged_attention_kernel": _paged_attention_kernel,
-    "_combine_kernel": _combine_kernel,
-}
-
-
-@functools.cache
-def _interpreted() -> dict[str, Any]:
-    """Interpreted copies of the kernels, for CPU tensors (tests without a GPU)."""
-    ns = interpreted(globals(), ("_maximum", "_add", "_paged_attention_kernel", "_combine_kernel"))
-    # triton's own max and sum combiners, where this triton has them, let the interpreter reduce
-    # with numpy instead of element by element.
-    standard = getattr(tl, "standard", None)
-    for name, fast in (("_maximum", "_elementwise_max"), ("_add", "_sum_combine")):
-        ns[name] = getattr(standard, fast, ns[name])
-    return ns
 
 
 def _check(
@@ -384,85 +178,6 @@ def paged_attention_reference(
     return out
 
 
-def _tiles(
-    group: int, max_query_len: int, dtype: torch.dtype, head_dim: int
-) -> tuple[int, int, int]:
-    """(rows, query tokens, keys) of a program's step: whole groups, >= 16 rows for tl.dot."""
-    # Sized so that ptxas (sm_90) keeps the tiles in registers: wider elements or heads spill at
-    # 64 x 64. A decode tile is one group padded to 16 rows; its 64 keys keep 4 blocks in flight.
-    wide = max(16, (64 if dtype.itemsize == 2 else 32) * 128 // max(128, head_dim))
-    rows = max(16, triton.next_power_of_2(group))
-    if max_query_len > 1:
-        rows = max(rows, min(wide, triton.next_power_of_2(max_query_len * group)))
-    return rows, rows // group, wide
-
-
-# A padding pair's tile: past any sequence's queries, so its program returns at once.
-_PAD_TILE = 1 << 40
-
-
-def _chunk_shape(group: int, dtype: torch.dtype, head_dim: int) -> tuple[int, int]:
-    """(query tokens of a decode tile, query tokens of a wide tile)."""
-    return _tiles(group, 1, dtype, head_dim)[1], _tiles(group, 1 << 20, dtype, head_dim)[1]
-
-
-def chunk_tiles(
-    query_lens: npt.NDArray[np.integer[Any]],
-    group: int,
-    dtype: torch.dtype,
-    head_dim: int,
-    size: int | None = None,
-) -> npt.NDArray[np.int64]:
-    """The (sequence, query tile) pairs of the step's rows longer than a decode tile, as the
-    ``[2, M]`` int64 map ``paged_attention`` takes as ``tiles`` (sequences, then tiles), for q
-    heads ``group`` times the kv heads of ``head_dim`` in ``dtype``. With ``size``, padded to
-    M = ``size`` (at least ``max_chunk_tiles`` of the step's tokens)."""
-    small, tokens = _chunk_shape(group, dtype, head_dim)
-    q = np.asarray(query_lens, dtype=np.int64)
-    counts = np.where(q > small, -(-q // tokens), 0)
-    total = int(counts.sum())
-    width = total if size is None else size
-    if total > width:
-        raise ValueError(f"the step has {total} query tiles, more than size={size}")
-    out = np.empty((2, width), dtype=np.int64)
-    out[0, :total] = np.repeat(np.arange(len(q), dtype=np.int64), counts)
-    out[1, :total] = np.arange(total, dtype=np.int64) - np.repeat(
-        np.cumsum(counts) - counts, counts
-    )
-    out[0, total:] = 0
-    out[1, total:] = _PAD_TILE
-    return out
-
-
-def max_chunk_tiles(num_tokens: int, group: int, dtype: torch.dtype, head_dim: int) -> int:
-    """The most pairs ``chunk_tiles`` lists for a step of ``num_tokens`` query tokens: each of
-    its rows longer than a decode tile adds at most one partial tile."""
-    small, tokens = _chunk_shape(group, dtype, head_dim)
-    return -(-num_tokens // tokens) + num_tokens // (small + 1)
-
-
-# Decode steps of few sequences leave most of the GPU idle with one program per sequence and kv
-# head; below this many programs per multiprocessor their keys are split between programs. On an
-# H100 (bench_attention.py, contexts of 100-2,048) four shares were best from 16 to 64 rows and
-# two at 128; more shares cost more than they gained.
-_PROGRAMS_PER_SM = 16
-_MAX_SPLITS = 4
-
-
-@functools.cache
-def _multiprocessors(device: torch.device) -> int:
-    return int(torch.cuda.get_device_properties(device).multi_processor_count)
-
-
-def decode_splits(batch: int, n_kv: int, device: torch.device) -> int:
-    """How many shares of their keys the programs of ``batch`` decode rows take on ``device``:
-    enough for about ``_PROGRAMS_PER_SM`` programs per multiprocessor, 1 off CUDA."""
-    if device.type != "cuda":
-        return 1
-    wanted = _PROGRAMS_PER_SM * _multiprocessors(device) // max(1, batch * n_kv)
-    return max(1, min(_MAX_SPLITS, wanted))
-
-
 def paged_attention_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -502,12 +217,12 @@ def paged_attention_triton(
         return out
     interpreted = q.device.type == "cpu"
     group = q.shape[1] // n_kv
-    kernels = _interpreted() if interpreted else _COMPILED
+    kernels = interpreted_kernels() if interpreted else KERNELS
     # A step that mixes decode rows with prompt chunks runs in two launches: the decode rows on
     # the small tiles a decode step uses, the chunks on wide ones. One launch on wide tiles would
     # spend a wide tile's registers (fewer programs per SM) on every one-token row, and a step
     # beside 256 decoding sequences has 256 of them.
-    small = _tiles(group, 1, q.dtype, head_dim)[1]
+    small = tile_shape(group, 1, q.dtype, head_dim)[1]
     launches = [(0, max_query_len)]
     if max_query_len > small:
         launches = [(0, small), (small + 1, max_query_len)]
@@ -541,7 +256,7 @@ def paged_attention_triton(
     with on_device(q.device):
         for q_min, q_max in launches:
             chunks = mapped and q_min > 0
-            rows, tokens, keys = _tiles(group, 1 << 20 if chunks else q_max, q.dtype, head_dim)
+            rows, tokens, keys = tile_shape(group, 1 << 20 if chunks else q_max, q.dtype, head_dim)
             grid = (triton.cdiv(q_max, tokens), n_kv, batch)
             split = splits > 1 and q_min == 0  # the decode rows' launch: one tile a sequence
             part = ml = cu_query_lens  # stand-ins where the launch writes no partials
